@@ -1,0 +1,1 @@
+"""ROS 2 layer of eva_idm: message conversions and nodes (imports ROS message packages)."""

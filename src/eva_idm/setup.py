@@ -1,0 +1,21 @@
+"""Build script: an ament_python package for colcon, and a plain pip-installable package."""
+
+from setuptools import find_packages, setup
+
+PACKAGE = "eva_idm"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    description="Inverse dynamics model, EVA executability reward, plan-to-motion gate and their ROS 2 nodes.",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(exclude=["test", "tests"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+    ],
+    install_requires=["numpy", "opencv-python-headless", "pyyaml", "safetensors", "torch>=2.4"],
+    zip_safe=False,
+    entry_points={"console_scripts": []},
+)

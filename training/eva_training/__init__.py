@@ -1,0 +1,1 @@
+"""EVA's offline jobs and the ``eva`` command-line tool (ROS-free, except ``eva replay``)."""

@@ -1,0 +1,46 @@
+"""The ``eva`` command: one entry point for the offline jobs.
+
+Each subcommand lives in its own module with ``add_arguments(parser)`` and ``run(args)``.
+Subcommand modules import heavy dependencies (torch, rclpy) inside ``run`` only, so
+``eva --help`` stays fast and a GPU server without ROS never imports rclpy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from importlib.metadata import version
+
+# subcommand -> (module, one-line help).
+SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one sub-parser per registered subcommand."""
+    parser = argparse.ArgumentParser(prog="eva", description="EVA for ROS 2: offline jobs.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('eva_training')}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module_name).add_arguments(sub)
+        sub.set_defaults(module=module_name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run the chosen subcommand; errors exit 2 with a message."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return importlib.import_module(args.module).run(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"eva {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
