@@ -79,6 +79,9 @@ validate_package_xml() {
 
 colcon_build() {
     step "Building the workspace with colcon"
+    # colcon never deletes installed files; drop the Python packages' installed modules so a
+    # module removed from src cannot linger in install/ (they are reinstalled in seconds).
+    rm -rf install/eva_*/lib/python3*/site-packages/eva_{idm,planner,sim,training}
     # shellcheck source=/dev/null
     source "$VENV/bin/activate"
     export AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV" ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST

@@ -17,5 +17,5 @@ setup(
     ],
     install_requires=["eva_idm", "numpy", "mujoco"],
     zip_safe=False,
-    entry_points={"console_scripts": ["transport_probe = eva_sim.transport_probe:main"]},
+    entry_points={"console_scripts": ["transport_probe = eva_sim.ros.transport_probe:main"]},
 )

@@ -1,0 +1,1 @@
+"""ROS 2 layer of eva_sim: node executables and tools that use rclpy."""
