@@ -2,7 +2,7 @@
 # Everything runs inside the workspace environment (scripts/env.sh): the venv, the colcon
 # install space, and DDS discovery confined to this machine.
 SHELL := /bin/bash
-.SHELLFLAGS := -eu -o pipefail -c
+.SHELLFLAGS := -e -o pipefail -c
 .DEFAULT_GOAL := help
 ENV := source scripts/env.sh &&
 PYTEST_ARGS ?=

@@ -86,9 +86,10 @@ colcon_build() {
     source "$VENV/bin/activate"
     export AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV" ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
     colcon --log-base build/log build --base-paths src training --build-base build --install-base install \
-        --event-handlers console_cohesion- summary+ status- \
+        --event-handlers console_cohesion- console_stderr- summary+ status- \
         --cmake-args -DBUILD_TESTING=OFF -DPython3_EXECUTABLE="$VENV/bin/python" \
-        || fail "colcon build failed; the per-package logs are under build/log/latest_build/."
+        || { tail -n 40 build/log/latest_build/*/stderr.log >&2
+             fail "colcon build failed (errors above); the per-package logs are under build/log/latest_build/."; }
 }
 
 check_prerequisites

@@ -38,7 +38,7 @@ def test_visual_plan_of_49_png_frames_arrives_intact(start_node, ros_peer, tmp_p
     sent = json.loads(summary_path.read_text())
 
     plan = received[0]
-    assert plan.plan_id == sent["plan_id"]
+    assert [plan.plan_id] == sent["plan_ids"]
     assert plan.instruction == "stack the bowls"
     assert (plan.height, plan.width, plan.fps, plan.seed) == (480, 640, 16.0, 7)
     assert plan.model_id == "transport_probe:moving_pattern" and plan.num_inference_steps == 0

@@ -40,3 +40,14 @@ def test_workspace_manifests_are_valid():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "4 package.xml files checked: ok" in result.stdout
+
+
+def test_transport_probe_rejects_a_bad_frame_size_with_a_message(ros_domain):
+    from eva_sim.processes import find_executable, ros_environment
+
+    probe = find_executable("eva_sim", "transport_probe")
+    result = subprocess.run([str(probe), "send", "--kind", "plan", "--frames", "0"], capture_output=True, text=True,
+                            env=ros_environment(ros_domain), timeout=60)
+    assert result.returncode == 2
+    assert "transport_probe send: error: num_frames/height/width" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -16,8 +16,6 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ament_index_python.packages import PackageNotFoundError, get_package_prefix
-
 
 class ExecutableNotFoundError(FileNotFoundError):
     """A node executable is not in the ament index; the message says how to build it."""
@@ -25,6 +23,8 @@ class ExecutableNotFoundError(FileNotFoundError):
 
 def find_executable(package: str, executable: str) -> Path:
     """Return ``<prefix>/lib/<package>/<executable>`` for an installed ament package."""
+    from ament_index_python.packages import PackageNotFoundError, get_package_prefix  # ROS tooling, imported on use
+
     try:
         prefix = Path(get_package_prefix(package))
     except PackageNotFoundError as error:

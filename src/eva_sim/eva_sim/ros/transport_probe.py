@@ -22,6 +22,7 @@ import struct
 import sys
 import time
 import uuid
+from array import array
 from pathlib import Path
 
 import numpy as np
@@ -80,12 +81,13 @@ class MessageFactory:
     def __init__(self, node: Node, args: argparse.Namespace):
         self.node, self.args = node, args
         self.plan: VisualPlan | None = None
+        self.plan_ids: list[str] = []
         if args.kind == "plan":
             self.plan = self._build_plan()
         elif args.kind == "image":
             self.pixels = moving_pattern(1, args.height, args.width, args.seed)[0].tobytes()
         elif args.kind == "bytes":
-            self.payload = bytearray(args.size)
+            self.payload = UInt8MultiArray(data=bytes(args.size))
 
     def _build_plan(self) -> VisualPlan:
         args = self.args
@@ -94,7 +96,7 @@ class MessageFactory:
         encoded = encode_frames(video, args.format)
         encode_seconds = time.perf_counter() - started
         plan = VisualPlan(
-            plan_id=str(uuid.uuid4()), instruction=args.instruction, height=args.height, width=args.width,
+            instruction=args.instruction, height=args.height, width=args.width,
             fps=float(args.fps), frames_sha256=frames_sha256(encoded), seed=args.seed,
             model_id="transport_probe:moving_pattern", num_inference_steps=0,
             timings=stage_timings({f"{args.format}_encode": encode_seconds}),
@@ -107,14 +109,17 @@ class MessageFactory:
     def make(self, index: int):
         """The ``index``-th message, stamped with the current wall time."""
         if self.args.kind == "bytes":
-            self.payload[: STAMP_BYTES.size] = STAMP_BYTES.pack(time.time_ns())
-            return UInt8MultiArray(data=bytes(self.payload))
+            # Built once like the other kinds, so only the stamp is written inside the timed span.
+            self.payload.data[: STAMP_BYTES.size] = array("B", STAMP_BYTES.pack(time.time_ns()))
+            return self.payload
         if self.args.kind == "image":
             message = Image(height=self.args.height, width=self.args.width, encoding="rgb8",
                             step=self.args.width * 3, data=self.pixels)
             message.header.frame_id = "head_camera"
         elif self.args.kind == "plan":
             message = self.plan
+            message.plan_id = str(uuid.uuid4())
+            self.plan_ids.append(message.plan_id)
         else:
             raise SystemExit(f"--kind: send supports image, bytes and plan, not {self.args.kind!r}")
         message.header.stamp = wall_stamp(self.node)
@@ -140,7 +145,7 @@ def send(node: Node, args: argparse.Namespace) -> dict:
     summary = {"kind": args.kind, "topic": publisher.topic_name, "sent": args.count, "acked": bool(acked)}
     if factory.plan is not None:
         plan = factory.plan
-        summary.update(plan_id=plan.plan_id, frames_sha256=plan.frames_sha256, seed=plan.seed,
+        summary.update(plan_ids=factory.plan_ids, frames_sha256=plan.frames_sha256, seed=plan.seed,
                        encoded_bytes=sum(len(frame.data) for frame in plan.frames),
                        encode_seconds=plan.timings[0].seconds)
     return summary
@@ -272,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
         }[args.command](node, args)
     except (KeyboardInterrupt, ExternalShutdownException):
         return 0
+    except ValueError as error:  # bad sizes or formats: a message, not a traceback
+        print(f"transport_probe {args.command}: error: {error}", file=sys.stderr)
+        return 2
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
