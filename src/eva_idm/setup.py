@@ -1,8 +1,13 @@
 """Build script: an ament_python package for colcon, and a plain pip-installable package."""
 
+from glob import glob
+
 from setuptools import find_packages, setup
 
 PACKAGE = "eva_idm"
+# The workspace's config/embodiments/*.yaml is the single source of embodiment limits; installs
+# built from the workspace carry a copy in share/ (a copy of this directory alone has none).
+EMBODIMENTS = sorted(glob("../../config/embodiments/*.yaml"))
 
 setup(
     name=PACKAGE,
@@ -14,6 +19,7 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/config/embodiments", EMBODIMENTS),
     ],
     install_requires=["numpy", "opencv-python-headless", "pyyaml", "safetensors", "torch>=2.4"],
     zip_safe=False,

@@ -13,7 +13,9 @@ import sys
 from importlib.metadata import version
 
 # subcommand -> (module, one-line help).
-SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "score": ("eva_training.score", "EVA's executability reward of a decoded joint trajectory (.npy/.csv)."),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
