@@ -1,0 +1,232 @@
+"""IDM checkpoints: this project's directory format, and the authors' released pickle.
+
+A checkpoint is a directory with two files:
+
+* ``config.json``: the :class:`~eva_idm.idm.model.IDMConfig` plus a ``"format"`` marker. It
+  records the embodiment and its joint names, so that a robot cannot run an IDM trained for
+  another arm.
+* ``model.safetensors``: every parameter and buffer, including the de-normalisation buffers
+  ``action_mean`` / ``action_std``, which must agree with the config.
+
+The released ``IDM_singleview.pt`` is a torch pickle ``{"model_state_dict", "optimizer_state_dict",
+"step"}``. Unpickling can run arbitrary code, so it is only ever opened with ``weights_only=True``,
+and :func:`convert_released_checkpoint` turns it into a directory once. Its keys are mapped as
+follows (see :func:`map_released_key`):
+
+* a leading ``module.`` (DistributedDataParallel) is removed;
+* the normalisation wrapper's buffers ``train_mean`` / ``train_std`` become ``action_mean`` /
+  ``action_std``;
+* the wrapper's prefix for the inner network, ``model.`` (the authors' ``IDM`` class) or ``net.``,
+  is removed. What remains (``backbone.*``, ``spatial_softmax.temperature``, ``mlp_head.*``) matches
+  :class:`~eva_idm.idm.model.ResNetPlusIDM` by name;
+* ``backbone.fc.weight`` / ``backbone.fc.bias`` are dropped. They are torchvision's unused ImageNet
+  classifier, which the released network kept but never called.
+
+Any other difference is an error: missing keys, unexpected keys, wrong shapes, non-finite values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pickle
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from eva_idm.idm.model import IDMConfig, ResNetPlusIDM
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+CHECKPOINT_FORMAT = "eva_idm.resnet_plus.v1"
+RELEASED_BUFFER_NAMES = {"train_mean": "action_mean", "train_std": "action_std"}
+RELEASED_WRAPPER_PREFIXES = ("model.", "net.")
+RELEASED_UNUSED_KEYS = ("backbone.fc.weight", "backbone.fc.bias")
+MAX_KEYS_IN_MESSAGE = 5
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and, where it applies, the key."""
+
+
+def save_checkpoint(model: ResNetPlusIDM, directory: str | os.PathLike[str]) -> Path:
+    """Write ``model`` as a checkpoint directory (created if needed) and return its path.
+
+    Each file is written under a temporary name and then renamed. An interrupted save therefore
+    leaves the previous file or no file, never a truncated one.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {key: value.detach().to("cpu").contiguous() for key, value in model.state_dict().items()}
+    _write_atomically(directory / WEIGHTS_FILE, lambda path: save_file(state, str(path), metadata={"format": "pt"}))
+    config = {"format": CHECKPOINT_FORMAT, **model.config.to_dict()}
+    _write_atomically(directory / CONFIG_FILE, lambda path: path.write_text(json.dumps(config, indent=2) + "\n"))
+    return directory
+
+
+def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    write(temporary)
+    os.replace(temporary, path)
+
+
+def read_checkpoint_config(directory: str | os.PathLike[str]) -> IDMConfig:
+    """The :class:`IDMConfig` of a checkpoint directory, without loading any weights."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: IDM checkpoint config not found")
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: not valid JSON: {error}") from error
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    found_format = data.pop("format", None)
+    if found_format != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: format is {found_format!r}, expected {CHECKPOINT_FORMAT!r}")
+    try:
+        return IDMConfig.from_dict(data)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: {error}") from error
+
+
+def check_embodiment(
+    config: IDMConfig,
+    expected_embodiment: str,
+    expected_joint_names: Sequence[str] | None,
+    source: str | os.PathLike[str],
+) -> None:
+    """Refuse an IDM trained for another robot: its commands would mean other joints."""
+    if config.embodiment != expected_embodiment:
+        raise CheckpointError(
+            f"{source}: the IDM was trained for embodiment {config.embodiment!r}, expected {expected_embodiment!r}"
+        )
+    if expected_joint_names is not None and tuple(expected_joint_names) != config.joint_names:
+        raise CheckpointError(
+            f"{source}: the IDM's joint_names {list(config.joint_names)} differ from the expected "
+            f"{list(expected_joint_names)}"
+        )
+
+
+def load_checkpoint(
+    directory: str | os.PathLike[str],
+    expected_embodiment: str,
+    expected_joint_names: Sequence[str] | None = None,
+    device: str | torch.device = "cpu",
+) -> ResNetPlusIDM:
+    """Load a checkpoint directory for ``expected_embodiment``; the model comes back in eval mode.
+
+    ``expected_joint_names`` (e.g. from the embodiment YAML) is compared too when given.
+    """
+    config = read_checkpoint_config(directory)
+    weights_path = Path(directory) / WEIGHTS_FILE
+    check_embodiment(config, expected_embodiment, expected_joint_names, Path(directory) / CONFIG_FILE)
+    model = ResNetPlusIDM(config)
+    _load_checked_state(model, _read_safetensors(weights_path), weights_path)
+    for name in ("action_mean", "action_std"):
+        if not torch.equal(getattr(model, name), torch.tensor(getattr(config, name), dtype=torch.float32)):
+            raise CheckpointError(f"{weights_path}: buffer {name!r} differs from {name} in {CONFIG_FILE}")
+    return model.to(device).eval()
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: IDM weights file not found")
+    try:
+        return load_file(str(path))
+    except SafetensorError as error:
+        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {error}") from error
+
+
+def _load_checked_state(model: ResNetPlusIDM, state: Mapping[str, Tensor], source: Path) -> None:
+    """Strict ``load_state_dict`` whose errors name the file and the keys."""
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state]
+    if missing:
+        raise CheckpointError(f"{source}: missing key(s) {_shorten(missing)}")
+    unexpected = [key for key in state if key not in expected]
+    if unexpected:
+        raise CheckpointError(f"{source}: unexpected key(s) {_shorten(unexpected)}")
+    for key, value in state.items():
+        if value.shape != expected[key].shape:
+            raise CheckpointError(
+                f"{source}: key {key!r} has shape {tuple(value.shape)}, the model expects {tuple(expected[key].shape)}"
+            )
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise CheckpointError(f"{source}: key {key!r} contains non-finite values")
+    model.load_state_dict(state)
+
+
+def _shorten(keys: list[str]) -> str:
+    listed = ", ".join(repr(key) for key in keys[:MAX_KEYS_IN_MESSAGE])
+    return listed if len(keys) <= MAX_KEYS_IN_MESSAGE else f"{listed} and {len(keys) - MAX_KEYS_IN_MESSAGE} more"
+
+
+def map_released_key(key: str) -> str | None:
+    """This project's name for a key of the released state dict, or ``None`` for a key that is dropped."""
+    key = key.removeprefix("module.")
+    if key in RELEASED_BUFFER_NAMES:
+        return RELEASED_BUFFER_NAMES[key]
+    for prefix in RELEASED_WRAPPER_PREFIXES:
+        if key.startswith(prefix):
+            key = key.removeprefix(prefix)
+            break
+    return None if key in RELEASED_UNUSED_KEYS else key
+
+
+def read_released_state_dict(pt_path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """The released pickle's state dict with keys mapped to this project's names (see module docstring).
+
+    The file is opened with ``weights_only=True`` only. A file that needs more than tensors and
+    containers is refused rather than trusted. Both the ``{"model_state_dict": ...}`` layout and a
+    bare state dict are accepted.
+    """
+    path = Path(pt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: released IDM checkpoint not found")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{path}: not a readable weights-only torch checkpoint: {first_line}") from error
+    state = loaded.get("model_state_dict", loaded) if isinstance(loaded, dict) else loaded
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a state dict, got {type(state).__name__}")
+    mapped: dict[str, Tensor] = {}
+    sources: dict[str, str] = {}
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, Tensor):
+            raise CheckpointError(f"{path}: key {key!r} is not a tensor entry (got {type(value).__name__})")
+        name = map_released_key(key)
+        if name is None:
+            continue
+        if name in mapped:
+            raise CheckpointError(f"{path}: keys {sources[name]!r} and {key!r} both map to {name!r}")
+        mapped[name], sources[name] = value, key
+    return mapped
+
+
+def load_released_checkpoint(pt_path: str | os.PathLike[str], config: IDMConfig) -> ResNetPlusIDM:
+    """Build the model described by ``config`` and fill it from the released pickle (eval mode).
+
+    The file's normalisation buffers win over ``config.action_mean`` / ``action_std``, because the
+    weights were trained with them. The returned model's ``config`` records the values actually used.
+    """
+    model = ResNetPlusIDM(config)
+    _load_checked_state(model, read_released_state_dict(pt_path), Path(pt_path))
+    model.config = dataclasses.replace(
+        config, action_mean=tuple(model.action_mean.tolist()), action_std=tuple(model.action_std.tolist())
+    )
+    return model.eval()
+
+
+def convert_released_checkpoint(
+    pt_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], config: IDMConfig
+) -> Path:
+    """One-time conversion of the released pickle into a checkpoint directory; returns ``out_dir``."""
+    return save_checkpoint(load_released_checkpoint(pt_path, config), out_dir)
