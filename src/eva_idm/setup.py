@@ -21,7 +21,9 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/config/embodiments", EMBODIMENTS),
     ],
-    install_requires=["numpy", "opencv-python-headless", "pyyaml", "safetensors", "torch>=2.4"],
+    install_requires=[
+        "numpy", "scipy", "opencv-python-headless", "pyyaml", "h5py", "safetensors", "tqdm", "torch>=2.4",
+    ],
     zip_safe=False,
     entry_points={"console_scripts": []},
 )
