@@ -15,6 +15,9 @@ from importlib.metadata import version
 # subcommand -> (module, one-line help).
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "score": ("eva_training.score", "EVA's executability reward of a decoded joint trajectory (.npy/.csv)."),
+    "train": ("eva_training.train", "Train the IDM on RoboTwin-layout HDF5 episodes."),
+    "eval": ("eva_training.evaluation", "Evaluate the IDM: accuracy, reward separation, gate calibration."),
+    "data": ("eva_training.data", "Make training data in RoboTwin's HDF5 layout (synthetic MuJoCo episodes)."),
 }
 
 
