@@ -7,7 +7,7 @@ SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 PYTEST_ARGS ?=
 
-.PHONY: help setup build test lint unit demo bench-transport shell run constraints clean
+.PHONY: help setup build test lint demo bench-transport bench-idm shell run constraints clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ demo: setup  ## run the main job on the built-in simulated robot and tiny models
 
 bench-transport: setup  ## DDS latency/throughput of images and plans -> benchmarks/results/
 	$(ENV) python benchmarks/transport.py
+
+bench-idm: setup  ## synthesise 350 episodes, train the IDM for 30 min on CPU, evaluate -> benchmarks/results/
+	$(ENV) python benchmarks/idm.py
 
 shell: setup  ## an interactive shell inside the workspace environment
 	$(ENV) exec bash -i
