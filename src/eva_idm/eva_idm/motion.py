@@ -45,7 +45,7 @@ from numpy.typing import ArrayLike
 from scipy.interpolate import BSpline
 
 from eva_idm.embodiment import Embodiment, GateDefaults
-from eva_idm.reward import MIN_FRAMES, RewardBreakdown, RewardConfig, eva_reward
+from eva_idm.reward import MIN_FRAMES, RewardBreakdown, RewardConfig, eva_reward, non_finite_reason
 from eva_idm.trajectory import StartState, Trajectory, motion_profile
 
 DYNAMIC_KINDS = ("velocity", "acceleration", "jerk")
@@ -492,14 +492,9 @@ def _measured_pose(measured_positions: ArrayLike | None, embodiment: Embodiment)
 
 
 def _reject_non_finite(plan: np.ndarray, joint_names: Sequence[str]) -> None:
-    bad = np.argwhere(~np.isfinite(plan))
-    if len(bad):
-        frame, joint = bad[0]
-        raise _RejectedError(
-            Verdict.NON_FINITE,
-            f"decoded trajectory: {len(bad)} non-finite value(s), first {plan[frame, joint]} "
-            f"at frame {frame}, joint {joint_names[joint]}",
-        )
+    reason = non_finite_reason(plan, joint_names)
+    if reason:
+        raise _RejectedError(Verdict.NON_FINITE, f"decoded trajectory: {reason}")
 
 
 def _reject_outside_position_limits(plan: np.ndarray, embodiment: Embodiment, draft: _Draft) -> None:

@@ -102,8 +102,16 @@ class RewardConfig:
         )
 
 
+class _JsonBreakdown:
+    """Shared by the breakdowns: their fields as a JSON-ready dict."""
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready dict; NaN (not computed) becomes ``None``."""
+        return {field.name: _json_ready(getattr(self, field.name)) for field in fields(self)}
+
+
 @dataclass(frozen=True)
-class RewardBreakdown:
+class RewardBreakdown(_JsonBreakdown):
     """EVA's reward and its parts: floats for one trajectory, ``(B,)`` arrays for a batch.
 
     Penalty fields are NaN where a sample could not be scored (``valid`` false, ``reason`` says why).
@@ -118,9 +126,6 @@ class RewardBreakdown:
     valid: bool | np.ndarray
     reason: str | tuple[str, ...]
 
-    def to_dict(self) -> dict[str, object]:
-        """JSON-ready dict; NaN (not computed) becomes ``None``."""
-        return {field.name: _json_ready(getattr(self, field.name)) for field in fields(self)}
 
 
 @dataclass(frozen=True)
@@ -158,7 +163,7 @@ class ConsistencyConfig:
 
 
 @dataclass(frozen=True)
-class ConsistencyBreakdown:
+class ConsistencyBreakdown(_JsonBreakdown):
     """Action-consistency reward and its parts: floats for one trajectory, ``(B,)`` arrays for a batch.
 
     ``agreement`` is the fraction of frames whose every dimension is within tolerance (RLIR's
@@ -172,9 +177,6 @@ class ConsistencyBreakdown:
     valid: bool | np.ndarray
     reason: str | tuple[str, ...]
 
-    def to_dict(self) -> dict[str, object]:
-        """JSON-ready dict; NaN (not computed) becomes ``None``."""
-        return {field.name: _json_ready(getattr(self, field.name)) for field in fields(self)}
 
 
 def bounded_reward(penalty: float | np.ndarray, config: RewardConfig) -> float | np.ndarray:
@@ -244,7 +246,7 @@ def action_consistency_reward(
             f"reference: non-finite value at sample {sample}, frame {frame}, joint {config.joint_names[joint]}"
         )
     reasons = [
-        "no frames to compare" if batch.shape[1] == 0 else _non_finite_reason(sample, config.joint_names)
+        "no frames to compare" if batch.shape[1] == 0 else non_finite_reason(sample, config.joint_names)
         for sample in batch
     ]
     scorable = np.array([not reason for reason in reasons], dtype=bool)
@@ -323,14 +325,17 @@ def _unscorable_reasons(batch: np.ndarray, joint_names: Sequence[str]) -> list[s
     """Per sample, why EVA's reward cannot score it ("" when it can)."""
     frames = batch.shape[1]
     too_short = f"too few frames: {frames} (jerk needs at least {MIN_FRAMES})" if frames < MIN_FRAMES else ""
-    return [_non_finite_reason(sample, joint_names) or too_short for sample in batch]
+    return [non_finite_reason(sample, joint_names) or too_short for sample in batch]
 
 
-def _non_finite_reason(sample: np.ndarray, joint_names: Sequence[str]) -> str:
-    if np.isfinite(sample).all():
+def non_finite_reason(trajectory: np.ndarray, joint_names: Sequence[str]) -> str:
+    """Where a ``(T, D)`` trajectory holds NaN or inf, in words; empty when every value is finite."""
+    bad = np.argwhere(~np.isfinite(trajectory))
+    if not len(bad):
         return ""
-    frame, joint = np.argwhere(~np.isfinite(sample))[0]
-    return f"non-finite value {sample[frame, joint]} at frame {frame}, joint {joint_names[joint]}"
+    frame, joint = bad[0]
+    return (f"{len(bad)} non-finite value(s), the first {trajectory[frame, joint]} at frame {frame}, "
+            f"joint {joint_names[joint]}")
 
 
 def _as_batch(actions: ArrayLike, joint_names: Sequence[str], name: str) -> tuple[np.ndarray, bool]:

@@ -39,6 +39,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from eva_idm.idm.model import ALOHA_AGILEX_JOINT_NAMES
+from eva_idm.reward import non_finite_reason
 
 RGB_DATASET = "observation/head_camera/rgb"
 ACTION_DATASET = "joint_action/vector"
@@ -448,14 +449,9 @@ def _read_actions(file: h5py.File, path: Path, joint_names: Sequence[str]) -> np
             f"got shape {actions.shape} dtype {actions.dtype}",
         )
     actions = actions.astype(np.float64)
-    bad = np.argwhere(~np.isfinite(actions))
-    if len(bad):
-        frame, joint = bad[0]
-        raise EpisodeError(
-            EpisodeFault.NON_FINITE_ACTION,
-            f"{path}: {ACTION_DATASET} has {len(bad)} non-finite values, the first {actions[frame, joint]} "
-            f"at frame {frame}, joint {joint_names[joint]}",
-        )
+    reason = non_finite_reason(actions, joint_names)
+    if reason:
+        raise EpisodeError(EpisodeFault.NON_FINITE_ACTION, f"{path}: {ACTION_DATASET} has {reason}")
     return actions
 
 
