@@ -15,7 +15,9 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
     ],
-    install_requires=["eva_idm", "numpy", "diffusers", "transformers", "peft", "accelerate", "safetensors", "torch>=2.4"],
+    install_requires=[
+        "eva_idm", "numpy", "diffusers", "transformers", "peft", "accelerate", "safetensors", "torch>=2.4",
+    ],
     zip_safe=False,
     entry_points={"console_scripts": []},
 )
