@@ -18,6 +18,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("eva_training.train", "Train the IDM on RoboTwin-layout HDF5 episodes."),
     "eval": ("eva_training.evaluation", "Evaluate the IDM: accuracy, reward separation, gate calibration."),
     "data": ("eva_training.data", "Make training data in RoboTwin's HDF5 layout (synthetic MuJoCo episodes)."),
+    "plan": ("eva_training.plan", "Imagine a video plan from an image and an instruction (best-of-N with the IDM)."),
+    "convert": ("eva_training.convert", "Convert the released pickle checkpoints to safetensors directories, once."),
 }
 
 
