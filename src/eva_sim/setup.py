@@ -11,11 +11,14 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(exclude=["test", "tests"]),
+    # The vendored MuJoCo model (third-party data with its provenance and licence notes).
+    package_data={"eva_sim": ["assets/aloha_agilex/*.xml", "assets/aloha_agilex/*.urdf", "assets/aloha_agilex/*.md",
+                              "assets/aloha_agilex/meshes/*"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
     ],
-    install_requires=["eva_idm", "numpy", "mujoco"],
+    install_requires=["eva_idm", "numpy", "mujoco", "h5py", "opencv-python-headless", "tqdm"],
     zip_safe=False,
     entry_points={"console_scripts": ["transport_probe = eva_sim.ros.transport_probe:main"]},
 )
