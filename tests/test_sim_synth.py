@@ -9,9 +9,9 @@ import pytest
 from eva_idm.data import ScanConfig, scan_episodes
 from eva_idm.data.robotwin import decode_jpeg
 from eva_idm.embodiment import load_embodiment
-from eva_sim.motions import random_bimanual_motion
+from eva_sim.motions import MotionConfig, arm_limits, move_duration, random_bimanual_motion
 from eva_sim.scene import AgilexScene
-from eva_sim.synth import SynthConfig, synthesize
+from eva_sim.synth import SynthConfig, encode_jpeg, synthesize
 from eva_training.cli import main as eva
 
 
@@ -45,7 +45,7 @@ def test_motions_respect_the_embodiment_limits_for_many_seeds(scene):
     velocity_limit = embodiment.per_joint("velocity_limit")
     acceleration_limit = embodiment.per_joint("acceleration_limit")
     lower, upper = embodiment.position_bounds(with_tolerance=False)
-    for seed in range(8):
+    for seed in range(40):
         motion = random_bimanual_motion(embodiment, scene, np.random.default_rng(seed), duration_s=3.0)
         positions = motion.positions(np.arange(0.0, 3.0, dt))
         velocity = np.diff(positions, axis=0) / dt
@@ -117,3 +117,93 @@ def test_eva_data_synth_end_to_end_and_errors(tmp_path, capsys):
     assert "episodes" in capsys.readouterr().err
     assert eva(["data", "synth", "--out", str(tmp_path / "y"), "--height", "8"]) == 2
     assert "height" in capsys.readouterr().err
+
+
+def test_joint_vector_maps_to_the_mjcf_joints_and_grippers_to_finger_travel(scene):
+    joint_at = {int(scene.model.jnt_qposadr[index]): scene.model.joint(index).name for index in range(scene.model.njnt)}
+    assert [joint_at[adr] for adr in scene.arms["left"].qpos_addresses] == [f"fl_joint{i}" for i in range(1, 8)]
+    assert [joint_at[adr] for adr in scene.arms["right"].qpos_addresses] == [f"fr_joint{i}" for i in range(1, 8)]
+    for opening, metres in [(0.0, 0.0), (0.5, 0.02375), (1.0, 0.0475)]:
+        pose = np.zeros(14)
+        pose[[6, 13]] = opening
+        scene.set_joints(pose)
+        for finger, mimic in [("fl_joint7", "fl_joint8"), ("fr_joint7", "fr_joint8")]:
+            assert scene.data.qpos[scene.model.joint(finger).qposadr[0]] == pytest.approx(metres)
+            assert scene.data.qpos[scene.model.joint(mimic).qposadr[0]] == pytest.approx(metres)
+
+
+def test_scene_rejects_a_wrong_joint_vector(scene):
+    with pytest.raises(ValueError, match="joints: expected 14 finite values"):
+        scene.set_joints(np.zeros(13))
+    with pytest.raises(ValueError, match="joints"):
+        scene.set_joints(np.full(14, np.nan))
+
+
+def test_camera_matrices_project_the_fingertips_into_the_image(scene):
+    config = MotionConfig(home_probability=0.0)  # start at a sampled target: both fingertips in view
+    motion = random_bimanual_motion(load_embodiment("aloha_agilex"), scene, np.random.default_rng(0), 1.0, config)
+    scene.set_joints(motion.sample(1)[0])
+    camera = scene.camera_matrices()
+    for arm in ("left", "right"):
+        point = camera.extrinsic_cv @ np.append(scene.fingertip(arm), 1.0)
+        pixel = camera.intrinsic_cv @ point / point[2]
+        assert point[2] > 0 and 0 <= pixel[0] < 64 and 0 <= pixel[1] < 48
+    np.testing.assert_allclose(camera.cam2world_gl[:3, 3], [-0.032, -0.45, 1.35], atol=1e-6)
+
+
+def test_move_durations_keep_minimum_jerk_peaks_within_the_limits():
+    limits = arm_limits(load_embodiment("aloha_agilex"))["left"]
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        delta = rng.uniform(-2.5, 2.5, size=7)
+        duration = move_duration(delta, limits, margin=1.0)
+        assert (1.875 * np.abs(delta) / duration <= limits.velocity + 1e-9).all()
+        assert (5.7735 * np.abs(delta) / duration**2 <= limits.acceleration + 1e-9).all()
+    gripper_toggle = np.zeros(7)
+    gripper_toggle[limits.gripper_index] = 1.0
+    assert move_duration(gripper_toggle, limits, margin=1.0) >= 0.9
+
+
+def test_motions_are_deterministic_for_a_seed(scene):
+    embodiment = load_embodiment("aloha_agilex")
+
+    def frames(seed: int) -> np.ndarray:
+        return random_bimanual_motion(embodiment, scene, np.random.default_rng(seed), 2.94).sample(50)
+
+    np.testing.assert_array_equal(frames(3), frames(3))
+    assert not np.array_equal(frames(3), frames(4))
+
+
+def test_a_sampling_box_outside_the_position_limits_is_refused(scene):
+    config = MotionConfig(sample_upper=(1.2, 2.2, 2.4, 1.6, 1.5, 4.0))
+    with pytest.raises(ValueError, match="sample_lower/sample_upper"):
+        random_bimanual_motion(load_embodiment("aloha_agilex"), scene, np.random.default_rng(0), 1.0, config)
+
+
+def test_a_pure_red_frame_decodes_red_with_plain_cv2():
+    red = np.zeros((16, 16, 3), np.uint8)
+    red[..., 0] = 255
+    decoded = decode_jpeg(encode_jpeg(red, 95))
+    assert decoded[..., 0].min() > 240 and decoded[..., 2].max() < 15
+
+
+def test_same_seed_writes_byte_identical_files(tmp_path):
+    for name in ("a", "b"):
+        config = SynthConfig(out_dir=tmp_path / name, episodes=1, frames=6, height=32, width=32, seed=5)
+        synthesize(config, progress=False)
+    episode = "synth_reach/demo_clean/data/episode0.hdf5"
+    assert (tmp_path / "a" / episode).read_bytes() == (tmp_path / "b" / episode).read_bytes()
+
+
+def test_synth_refuses_to_overwrite_episodes(synthesized):
+    with pytest.raises(ValueError, match="already holds files"):
+        synthesize(SynthConfig(out_dir=synthesized, episodes=1, frames=4, height=32, width=32), progress=False)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("episodes", 0), ("frames", 1), ("height", 0), ("width", 100_000), ("jpeg_quality", 101), ("task", "a/b")],
+)
+def test_synth_config_names_the_bad_field_and_value(tmp_path, field, value):
+    with pytest.raises(ValueError, match=rf"{field}: .*got {value!r}"):
+        SynthConfig(out_dir=tmp_path, **{field: value})

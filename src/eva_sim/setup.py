@@ -14,6 +14,7 @@ setup(
     # The vendored MuJoCo model (third-party data with its provenance and licence notes).
     package_data={"eva_sim": ["assets/aloha_agilex/*.xml", "assets/aloha_agilex/*.urdf", "assets/aloha_agilex/*.md",
                               "assets/aloha_agilex/meshes/*"]},
+    include_package_data=True,
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

@@ -120,7 +120,7 @@ def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
 
     RoboTwin hands its RGB array straight to ``cv2.imencode``, which takes it for BGR, so
     ``cv2.imdecode`` returns RGB again (and PIL would swap red and blue). Writing the same way
-    keeps one reader for RoboTwin's files and ours.
+    keeps one reader (:func:`eva_idm.data.decode_jpeg`) for RoboTwin's files and ours.
     """
     import cv2
 
@@ -128,16 +128,6 @@ def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
     if not ok:
         raise ValueError(f"rgb: cv2 could not encode a frame of shape {rgb.shape} as JPEG")
     return encoded.tobytes()
-
-
-def decode_jpeg(data: bytes) -> np.ndarray:
-    """RGB frame from RoboTwin-style JPEG bytes (see :func:`encode_jpeg`)."""
-    import cv2
-
-    rgb = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if rgb is None:
-        raise ValueError(f"data: {len(data)} bytes are not a decodable JPEG image")
-    return rgb
 
 
 def render_episode(
@@ -242,4 +232,3 @@ def _write_json(path: Path, content: object) -> None:
 def _require_int_in(name: str, value: object, lowest: int, highest: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or not lowest <= value <= highest:
         raise ValueError(f"{name}: must be a whole number in [{lowest}, {highest}], got {value!r}")
-
