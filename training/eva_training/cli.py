@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
 from importlib.metadata import version
 
@@ -39,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the chosen subcommand; errors exit 2 with a message."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The exact command, recorded by jobs that write run directories so a run can be repeated.
+    args.command_line = shlex.join(["eva", *(sys.argv[1:] if argv is None else argv)])
     if args.command is None:
         parser.print_help()
         return 0

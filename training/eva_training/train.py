@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 
 from eva_training.config import add_config_arguments, load_config
 from eva_training.train_idm import IDMTrainConfig
@@ -23,6 +21,6 @@ def run(args: argparse.Namespace) -> int:
     from eva_training.train_idm import train
 
     config = load_config(IDMTrainConfig, args)
-    checkpoint = train(config, command=shlex.join(["eva", *sys.argv[1:]]))
+    checkpoint = train(config, command=args.command_line)
     print(f"checkpoint: {checkpoint}")
     return 0
