@@ -1,8 +1,13 @@
 """Build script: an ament_python package for colcon, and a plain pip-installable package."""
 
+from glob import glob
+
 from setuptools import find_packages, setup
 
 PACKAGE = "eva_planner"
+# The planner node's parameter files (config/planner*.yaml) install to share/eva_planner/config
+# from a workspace build (a copy of this directory alone has none).
+CONFIGS = sorted(glob("../../config/planner*.yaml"))
 
 setup(
     name=PACKAGE,
@@ -14,10 +19,11 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/config", CONFIGS),
     ],
     install_requires=[
         "eva_idm", "numpy", "diffusers", "transformers", "peft", "accelerate", "safetensors", "torch>=2.4",
     ],
     zip_safe=False,
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": ["planner_node = eva_planner.ros.planner_node:main"]},
 )

@@ -1,0 +1,280 @@
+"""The planner node's settings as one validated, frozen dataclass, and what it builds from them, without ROS.
+
+``config/planner.yaml`` -> declared ROS parameters -> :meth:`PlannerNodeConfig.from_parameters`
+-> :class:`PlannerNodeConfig` -> the core. Every field is one ROS parameter of the same name; its
+``description`` metadata (with the unit) becomes the parameter's descriptor. rclpy silently ignores
+parameters nobody declares, so :meth:`~PlannerNodeConfig.from_parameters` is given every key the
+user set and refuses the ones it does not know: a misspelt ``num_inference_steps`` fails configure
+instead of planning with the default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import math
+import secrets
+import time
+import typing
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from eva_idm.frames import SUPPORTED_FORMATS
+from eva_planner.loading import load_world_model
+from eva_planner.tiny import build_tiny_world_model
+from eva_planner.world_model import DTYPES, PlanResult, SamplerConfig, WorldModel
+
+if TYPE_CHECKING:  # best-of-N is optional and imported on use
+    from eva_planner.best_of_n import PlanScorer
+
+TINY_MODEL = "tiny"
+IMAGE_TRANSPORTS = ("raw", "compressed")
+MAX_SEED = 2**63 - 1  # seeds travel as int64 parameters and goal fields
+_KIND_NAMES = {
+    "bool": "a boolean",
+    "int": "an integer",
+    "float": "a number",
+    "str": "a string",
+    "str_list": "a list of strings",
+}
+
+
+def _setting(default: Any, description: str) -> Any:
+    return dataclasses.field(default=default, metadata={"description": description})
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannerNodeConfig:
+    """Everything ``planner_node`` reads on configure; the defaults are the real robot's.
+
+    The sampler fields mean what they mean in :class:`~eva_planner.world_model.SamplerConfig` and
+    are checked by it. Model fields are passed to :func:`~eva_planner.loading.load_world_model`.
+    """
+
+    # World model.
+    model: str = _setting("", "'tiny' (random weights built in code) or a diffusers-format Wan2.1 I2V directory")
+    transformer_directory: str = _setting("", "transformer directory used instead of <model>/transformer; '' = none")
+    lora_adapters: tuple[str, ...] = _setting((), "PEFT LoRA adapter directories, applied in order")
+    merge_lora: bool = _setting(True, "merge the LoRA adapters into the weights (faster sampling)")
+    dtype: str = _setting("bfloat16", "transformer and text-encoder dtype: float32, bfloat16 or float16")
+    vae_dtype: str = _setting("float32", "VAE dtype: float32, bfloat16 or float16")
+    device: str = _setting("cuda", "torch device of the world model (and of the IDM for best-of-N)")
+    offload_text_encoder: bool = _setting(False, "keep the text encoder on the CPU except while it encodes")
+    num_threads: int = _setting(4, "torch CPU threads of this process [threads]; 0 = torch's default")
+    # Sampler.
+    num_frames: int = _setting(49, "frames per plan, 4k+1 [frames]")
+    height: int = _setting(480, "plan frame height, multiple of 16 [px]")
+    width: int = _setting(640, "plan frame width, multiple of 16 [px]")
+    fps: float = _setting(16.0, "plan frame rate [Hz]")
+    steps: int = _setting(40, "denoising steps [steps]")
+    solver: str = _setting("unipc", "sampler: unipc or euler")
+    shift: float = _setting(3.0, "flow-matching sigma shift [dimensionless]")
+    guidance_history: float = _setting(1.5, "history guidance weight lambda_h [dimensionless]")
+    guidance_language: float = _setting(2.5, "language guidance weight lambda_l [dimensionless]")
+    negative_prompt: str = _setting("", "prompt of the no-language guidance pass")
+    history_timestep: str = _setting("last", "timestep of the clean first latent: last or zero")
+    clip_preprocessing: str = _setting("eva", "CLIP image preprocessing: eva or processor")
+    modulation: str = _setting("per_frame", "AdaLN modulation: per_frame or per_token")
+    batch_guidance: bool = _setting(False, "run the guidance passes as one batch (faster on a GPU, more memory)")
+    seed: int = _setting(-1, "sampler seed when a goal asks for none; -1 = a fresh random seed per plan")
+    # Inputs.
+    image_transport: str = _setting("raw", "head camera input: raw (head_camera/image_raw) or compressed")
+    max_image_age: float = _setting(5.0, "newest image older than this is not planned from [s, steady clock]")
+    image_timeout: float = _setting(5.0, "how long a goal waits for a fresh image before NO_IMAGE [s]")
+    # Outputs and goals.
+    frame_format: str = _setting("png", "encoding of the plan's frames: png or rgb8")
+    goal_timeout: float = _setting(900.0, "overall limit of an eva/execute goal that sets none [s]")
+    best_of_n: int = _setting(1, "candidates sampled and ranked by executability per plan; > 1 needs idm_checkpoint")
+    idm_checkpoint: str = _setting("", "IDM checkpoint directory used to rank best-of-N candidates; '' = none")
+    embodiment: str = _setting("aloha_agilex", "embodiment name or YAML path (best-of-N scoring)")
+    diagnostics_period: float = _setting(1.0, "period of the /diagnostics status [s]")
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        if not self.model:
+            raise ValueError(f"model: must be {TINY_MODEL!r} or a model directory, got {self.model!r}")
+        for name in ("dtype", "vae_dtype"):
+            _check_choice(name, getattr(self, name), tuple(DTYPES))
+        try:
+            torch.device(self.device)
+        except RuntimeError:
+            raise ValueError(f"device: not a torch device, got {self.device!r}") from None
+        if self.model == TINY_MODEL:
+            if self.dtype != "float32":
+                raise ValueError(f"dtype: model 'tiny' is built in float32, got {self.dtype!r}")
+            if self.transformer_directory or self.lora_adapters:
+                raise ValueError("transformer_directory/lora_adapters: model 'tiny' takes neither")
+        if self.num_threads < 0:
+            raise ValueError(f"num_threads: must be >= 0 (0 = torch's default), got {self.num_threads}")
+        if not -1 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed: must be -1 (random) or in [0, {MAX_SEED}], got {self.seed}")
+        self.sampler_config(seed=0)  # SamplerConfig checks the sampler fields, naming them
+        _check_choice("image_transport", self.image_transport, IMAGE_TRANSPORTS)
+        _check_choice("frame_format", self.frame_format, SUPPORTED_FORMATS)
+        for name in ("max_image_age", "goal_timeout", "diagnostics_period"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"{name}: must be a finite number > 0 [s], got {getattr(self, name)}")
+        if not (math.isfinite(self.image_timeout) and self.image_timeout >= 0):
+            raise ValueError(f"image_timeout: must be a finite number >= 0 [s], got {self.image_timeout}")
+        if self.best_of_n < 1:
+            raise ValueError(f"best_of_n: must be >= 1, got {self.best_of_n}")
+        if self.best_of_n > 1 and not self.idm_checkpoint:
+            raise ValueError(f"best_of_n: {self.best_of_n} candidates need an idm_checkpoint to rank them")
+        if not self.embodiment:
+            raise ValueError("embodiment: must name an embodiment or a YAML file, got ''")
+
+    @classmethod
+    def from_parameters(cls, values: Mapping[str, Any]) -> PlannerNodeConfig:
+        """Build from ``{parameter name: value}``; unknown names, wrong types and bad values raise ValueError.
+
+        ``values`` must hold every key the user set (not only the declared ones), so that a misspelt
+        key is reported instead of silently ignored. ``None`` for a list stands for an empty list
+        (a YAML ``[]`` reaches rclpy as an unset parameter).
+        """
+        known = {setting.name for setting in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            hints = [
+                f"{name!r} (did you mean {close[0]!r}?)"
+                if (close := difflib.get_close_matches(name, known, 1))
+                else repr(name)
+                for name in unknown
+            ]
+            raise ValueError(f"unknown parameter(s) {', '.join(hints)}; see config/planner.yaml for the known ones")
+        lists = {spec.name for spec in parameter_specs() if spec.kind == "str_list"}
+        converted = {name: () if name in lists and value is None else value for name, value in values.items()}
+        return cls(**converted)
+
+    def sampler_config(self, seed: int) -> SamplerConfig:
+        """The :class:`SamplerConfig` of one plan sampled with ``seed``."""
+        return SamplerConfig(
+            num_frames=self.num_frames,
+            height=self.height,
+            width=self.width,
+            fps=self.fps,
+            steps=self.steps,
+            solver=self.solver,
+            shift=self.shift,
+            guidance_history=self.guidance_history,
+            guidance_language=self.guidance_language,
+            negative_prompt=self.negative_prompt,
+            seed=seed,
+            dtype=self.dtype,
+            device=self.device,
+            history_timestep=self.history_timestep,
+            clip_preprocessing=self.clip_preprocessing,
+            modulation=self.modulation,
+            batch_guidance=self.batch_guidance,
+        )
+
+    def plan_seed(self, requested: int = -1) -> int:
+        """The seed of the next plan: ``requested`` if >= 0, else the configured one, else a fresh random one."""
+        if requested > MAX_SEED:
+            raise ValueError(f"seed: must be -1 (random) or in [0, {MAX_SEED}], got {requested}")
+        for seed in (requested, self.seed):
+            if seed >= 0:
+                return seed
+        return secrets.randbelow(MAX_SEED + 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParameterSpec:
+    """How the node declares one field: ``kind`` is bool, int, float, str or str_list."""
+
+    name: str
+    kind: str
+    default: Any
+    description: str
+
+
+@functools.cache
+def parameter_specs() -> tuple[ParameterSpec, ...]:
+    """One :class:`ParameterSpec` per field of :class:`PlannerNodeConfig`, in field order."""
+    kinds = {bool: "bool", int: "int", float: "float", str: "str", tuple[str, ...]: "str_list"}
+    hints = typing.get_type_hints(PlannerNodeConfig)
+    return tuple(
+        ParameterSpec(setting.name, kinds[hints[setting.name]], setting.default, setting.metadata["description"])
+        for setting in dataclasses.fields(PlannerNodeConfig)
+    )
+
+
+def _check_types(config: PlannerNodeConfig) -> None:
+    """Raise ValueError naming the first field whose value has the wrong type (an int passes as a float)."""
+    accepted = {"bool": (bool,), "int": (int,), "float": (float, int), "str": (str,), "str_list": (tuple, list)}
+    for spec in parameter_specs():
+        name, kind, value = spec.name, spec.kind, getattr(config, spec.name)
+        wrong_bool = isinstance(value, bool) and kind != "bool"
+        if wrong_bool or not isinstance(value, accepted[kind]):
+            raise ValueError(f"{name}: expected {_KIND_NAMES[kind]}, got {value!r}")
+        if kind == "str_list" and not all(isinstance(item, str) and item for item in value):
+            raise ValueError(f"{name}: expected non-empty strings, got {list(value)!r}")
+        if kind in ("float", "str_list"):  # 16 -> 16.0, [...] -> (...): the types the fields declare
+            object.__setattr__(config, name, float(value) if kind == "float" else tuple(value))
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}: must be one of {list(choices)}, got {value!r}")
+
+
+def build_world_model(config: PlannerNodeConfig) -> WorldModel:
+    """The configured world model: the random ``tiny`` preset, or loaded from local files."""
+    if config.model == TINY_MODEL:
+        return build_tiny_world_model()
+    return load_world_model(
+        config.model,
+        transformer_directory=config.transformer_directory or None,
+        lora_adapters=config.lora_adapters,
+        merge_lora=config.merge_lora,
+        dtype=config.dtype,
+        vae_dtype=config.vae_dtype,
+        device=config.device,
+        offload_text_encoder=config.offload_text_encoder,
+    )
+
+
+def build_plan_scorer(config: PlannerNodeConfig) -> PlanScorer | None:
+    """The best-of-N scorer (the IDM of ``idm_checkpoint`` and the embodiment's gate), or None without a checkpoint."""
+    if not config.idm_checkpoint:
+        return None
+    from eva_idm.embodiment import load_embodiment
+    from eva_idm.idm.checkpoint import load_checkpoint
+    from eva_planner.best_of_n import PlanScorer
+
+    embodiment = load_embodiment(config.embodiment)
+    idm = load_checkpoint(config.idm_checkpoint, embodiment.name, embodiment.joint_names, device=config.device)
+    return PlanScorer(idm, embodiment, frame_format=config.frame_format)
+
+
+def sample_plan(
+    world_model: WorldModel,
+    scorer: PlanScorer | None,
+    image: np.ndarray,
+    instruction: str,
+    config: SamplerConfig,
+    n: int,
+    measured_positions: np.ndarray | None,
+    *,
+    should_stop: Callable[[], bool] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> tuple[PlanResult, dict[str, float]]:
+    """One plan and its stage timings [s]: ``generate``, or for ``n`` > 1 the best of ``n`` ranked by ``scorer``.
+
+    Best-of-N adds the stage ``best_of_n``: the whole search, scoring included.
+    """
+    if n == 1:
+        result = world_model.generate(image, instruction, config, should_stop=should_stop, on_step=on_step)
+        return result, dict(result.timings)
+    if scorer is None:
+        raise ValueError(f"best_of_n: {n} candidates need an idm_checkpoint to rank them")
+    from eva_planner.best_of_n import best_of_n
+
+    started = time.perf_counter()
+    best = best_of_n(
+        world_model, image, instruction, config, n, scorer, measured_positions, should_stop=should_stop, on_step=on_step
+    ).best
+    return best, {**best.timings, "best_of_n": time.perf_counter() - started}
