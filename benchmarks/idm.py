@@ -138,7 +138,7 @@ def main() -> None:
         "data": {"train_episodes": args.train_episodes, "heldout_episodes": args.heldout_episodes,
                  "frames_per_episode": 50, "image": "96x128",
                  "source": "MuJoCo aloha-agilex synthetic (eva data synth)"},
-        "training": {"command": "eva " + shlex.join(train_command), "steps_planned": max_steps,
+        "training": {"command": ("eva " + shlex.join(train_command)).replace(f"{ROOT}/", ""), "steps_planned": max_steps,
                      "steps_done": steps_done, "budget_minutes": args.minutes},
         "heldout_accuracy": report["accuracy"],
         "goals": {"mae_arm_joints_max": 0.08, "mae_grippers_max": 0.1, "artifact_auc_min": 0.95},
