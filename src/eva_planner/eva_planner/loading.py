@@ -43,6 +43,12 @@ from transformers import (
     UMT5EncoderModel,
 )
 
+from eva_idm.idm.checkpoint import (  # one strict-loading vocabulary for every checkpoint
+    MAX_KEYS_IN_MESSAGE,
+    CheckpointError,
+    check_state_against_model,
+    listed_keys,
+)
 from eva_planner.world_model import DTYPES, WorldModel
 
 MODEL_INDEX = "model_index.json"
@@ -53,7 +59,6 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_KEY_PREFIX = "base_model.model."
 LORA_PARAMETER = re.compile(r"\.lora_(A|B|magnitude_vector)(\.weight|\.bias)?$")
 MAX_SHARD_SIZE = "5GB"
-MAX_KEYS_IN_MESSAGE = 5
 
 # Component folder -> (file that must exist, weights file stem or None, accepted class names).
 COMPONENTS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
@@ -129,10 +134,6 @@ WAN21_I2V_14B_TRANSFORMER_CONFIG: dict[str, Any] = {
     "added_kv_proj_dim": 5120,
     "rope_max_seq_len": 1024,
 }
-
-
-class CheckpointError(ValueError):
-    """Weights that cannot be used; the message names the file and, where it applies, the key."""
 
 
 def _inverted(table: Mapping[str, str]) -> dict[str, str]:
@@ -238,7 +239,7 @@ def convert_checkpoint(
     state = original_to_diffusers_state_dict(read_eva_checkpoint(pickle_path), pickle_path)
     with torch.device("meta"):
         model = WanTransformer3DModel.from_config(_transformer_config(transformer_config))
-    _check_state_against_model(state, model.state_dict(), pickle_path, describe_key=diffusers_to_original_key)
+    check_state_against_model(state, model.state_dict(), pickle_path, describe_key=diffusers_to_original_key)
     model.load_state_dict(state, strict=True, assign=True)
     partial = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -252,33 +253,6 @@ def _transformer_config(transformer_config: str | os.PathLike[str] | None) -> di
         return dict(WAN21_I2V_14B_TRANSFORMER_CONFIG)
     path = Path(transformer_config)
     return _read_json(path / "config.json" if path.is_dir() else path)
-
-
-def _check_state_against_model(
-    state: Mapping[str, Tensor],
-    expected: Mapping[str, Tensor],
-    source: str | os.PathLike[str],
-    describe_key: Callable[[str], str] | None = None,
-) -> None:
-    """Missing keys, unexpected keys and wrong shapes as one :class:`CheckpointError` naming ``source``."""
-    shown = (lambda key: f"{key!r} (original {describe_key(key)!r})") if describe_key else repr
-    missing = [key for key in expected if key not in state]
-    if missing:
-        raise CheckpointError(f"{source}: missing key(s) {_listed(missing, shown)}")
-    unexpected = [key for key in state if key not in expected]
-    if unexpected:
-        raise CheckpointError(f"{source}: unexpected key(s) {_listed(unexpected, shown)}")
-    for key, value in state.items():
-        if value.shape != expected[key].shape:
-            raise CheckpointError(
-                f"{source}: key {shown(key)} has shape {tuple(value.shape)}, the model expects "
-                f"{tuple(expected[key].shape)}"
-            )
-
-
-def _listed(keys: Sequence[str], shown: Callable[[str], str] = repr) -> str:
-    listed = ", ".join(shown(key) for key in keys[:MAX_KEYS_IN_MESSAGE])
-    return listed if len(keys) <= MAX_KEYS_IN_MESSAGE else f"{listed} and {len(keys) - MAX_KEYS_IN_MESSAGE} more"
 
 
 def load_world_model(
@@ -403,7 +377,7 @@ def _load_model(component: str, cls: type, folder: Path, dtype: torch.dtype) -> 
     for problem in ("missing_keys", "unexpected_keys", "mismatched_keys"):
         keys = sorted(str(key) for key in info.get(problem) or ())
         if keys:
-            raise CheckpointError(f"{source}: {problem.replace('_', ' ')} {_listed(keys)}")
+            raise CheckpointError(f"{source}: {problem.replace('_', ' ')} {listed_keys(keys)}")
     return model.eval()
 
 
@@ -513,10 +487,10 @@ def load_lora_adapter(
         raise CheckpointError(f"{config_path}: rank_pattern/alpha_pattern with original Wan names are not supported")
     config.target_modules = sorted(modules)
     transformer.add_adapter(config, adapter_name)
-    _check_state_against_model(state, get_peft_model_state_dict(transformer, adapter_name=adapter_name), weights_path)
+    check_state_against_model(state, get_peft_model_state_dict(transformer, adapter_name=adapter_name), weights_path)
     result = set_peft_model_state_dict(transformer, state, adapter_name=adapter_name)
     if result.unexpected_keys:
-        raise CheckpointError(f"{weights_path}: unexpected key(s) {_listed(sorted(result.unexpected_keys))}")
+        raise CheckpointError(f"{weights_path}: unexpected key(s) {listed_keys(sorted(result.unexpected_keys))}")
     if merge:
         transformer.fuse_lora(adapter_names=[adapter_name])
         transformer.unload_lora()
@@ -534,7 +508,7 @@ def _adapter_in_diffusers_names(
     renamed_modules = _adapter_modules(renamed, source)
     unknown = sorted(renamed_modules - module_names)
     if unknown:
-        raise CheckpointError(f"{source}: adapter targets module(s) the transformer lacks: {_listed(unknown)}")
+        raise CheckpointError(f"{source}: adapter targets module(s) the transformer lacks: {listed_keys(unknown)}")
     return renamed, renamed_modules, True
 
 

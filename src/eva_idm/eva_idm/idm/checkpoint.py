@@ -145,25 +145,43 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
 
 def _load_checked_state(model: ResNetPlusIDM, state: Mapping[str, Tensor], source: Path) -> None:
     """Strict ``load_state_dict`` whose errors name the file and the keys."""
-    expected = model.state_dict()
-    missing = [key for key in expected if key not in state]
-    if missing:
-        raise CheckpointError(f"{source}: missing key(s) {_shorten(missing)}")
-    unexpected = [key for key in state if key not in expected]
-    if unexpected:
-        raise CheckpointError(f"{source}: unexpected key(s) {_shorten(unexpected)}")
+    check_state_against_model(state, model.state_dict(), source)
     for key, value in state.items():
-        if value.shape != expected[key].shape:
-            raise CheckpointError(
-                f"{source}: key {key!r} has shape {tuple(value.shape)}, the model expects {tuple(expected[key].shape)}"
-            )
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise CheckpointError(f"{source}: key {key!r} contains non-finite values")
     model.load_state_dict(state)
 
 
-def _shorten(keys: list[str]) -> str:
-    listed = ", ".join(repr(key) for key in keys[:MAX_KEYS_IN_MESSAGE])
+def check_state_against_model(
+    state: Mapping[str, Tensor],
+    expected: Mapping[str, Tensor],
+    source: str | os.PathLike[str],
+    describe_key: Callable[[str], str] | None = None,
+) -> None:
+    """Missing keys, unexpected keys and wrong shapes as one :class:`CheckpointError` naming ``source``.
+
+    Shared by every loader of the project (IDM and world model), so a bad weights file reads the
+    same way whatever it belongs to. ``describe_key`` adds another name for a key (e.g. the
+    original checkpoint's) to the messages.
+    """
+    shown = (lambda key: f"{key!r} (original {describe_key(key)!r})") if describe_key else repr
+    missing = [key for key in expected if key not in state]
+    if missing:
+        raise CheckpointError(f"{source}: missing key(s) {listed_keys(missing, shown)}")
+    unexpected = [key for key in state if key not in expected]
+    if unexpected:
+        raise CheckpointError(f"{source}: unexpected key(s) {listed_keys(unexpected, shown)}")
+    for key, value in state.items():
+        if value.shape != expected[key].shape:
+            raise CheckpointError(
+                f"{source}: key {shown(key)} has shape {tuple(value.shape)}, the model expects "
+                f"{tuple(expected[key].shape)}"
+            )
+
+
+def listed_keys(keys: Sequence[str], shown: Callable[[str], str] = repr) -> str:
+    """The first few keys for an error message, with how many more there are."""
+    listed = ", ".join(shown(key) for key in keys[:MAX_KEYS_IN_MESSAGE])
     return listed if len(keys) <= MAX_KEYS_IN_MESSAGE else f"{listed} and {len(keys) - MAX_KEYS_IN_MESSAGE} more"
 
 
