@@ -80,13 +80,13 @@ class Verdict(IntEnum):
 
 
 @dataclass(frozen=True)
-class GateConfig:
+class GateConfig(GateDefaults):
     """Thresholds of the plan-to-motion gate; build it with :meth:`from_embodiment`.
 
+    The embodiment's :class:`~eva_idm.embodiment.GateDefaults` (inherited fields and checks; the
+    per-joint tuples follow the embodiment's joint order) plus the gate's own settings:
+
     Attributes:
-        min_reward, max_start_offset, start_offset_fade_s, max_smoothing_deviation, time_scale,
-            controller_rate_hz: as in :class:`~eva_idm.embodiment.GateDefaults` (per-joint tuples
-            follow the embodiment's joint order).
         smoothing_cutoff_hz: frequency at which the smoothing spline halves a sinusoid's amplitude
             (plan time). Arm motion lies below it, IDM frame-to-frame jitter above.
         min_time_scale: slowest retiming allowed (0.1: a 3 s plan may take 30 s); a plan that needs
@@ -96,12 +96,6 @@ class GateConfig:
             is the same (see the module docstring), for controllers that want them.
     """
 
-    min_reward: float
-    max_start_offset: tuple[float, ...]
-    start_offset_fade_s: float
-    max_smoothing_deviation: tuple[float, ...]
-    time_scale: float
-    controller_rate_hz: float
     smoothing_cutoff_hz: float = 2.5
     min_time_scale: float = 0.1
     max_retime_iterations: int = 8
@@ -112,8 +106,7 @@ class GateConfig:
             object.__setattr__(self, name, _finite_tuple(f"gate.{name}", getattr(self, name)))
         for name in ("min_reward", "start_offset_fade_s", "time_scale", "controller_rate_hz", "smoothing_cutoff_hz"):
             _finite(f"gate.{name}", getattr(self, name))
-        # GateDefaults owns the checks of the fields the embodiment YAML provides.
-        GateDefaults(**{setting.name: getattr(self, setting.name) for setting in fields(GateDefaults)})
+        super().__post_init__()  # the checks of the fields the embodiment YAML provides
         if self.smoothing_cutoff_hz <= 0.0:
             raise ValueError(f"gate.smoothing_cutoff_hz: must be > 0, got {self.smoothing_cutoff_hz}")
         if not 0.0 < _finite("gate.min_time_scale", self.min_time_scale) <= self.time_scale:
