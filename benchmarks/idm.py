@@ -28,7 +28,7 @@ from eva_training.cli import main as eva
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-WORK = ROOT / "benchmarks" / "work" / "idm"
+WORK = ROOT / "benchmarks" / "scratch" / "idm"
 IMAGE = ["--frames", "50", "--height", "96", "--width", "128"]
 MODEL = ["--backbone-depth", "18", "--output-stride", "16", "--input-size", "96", "128", "--batch-size", "32"]
 
