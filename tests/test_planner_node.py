@@ -8,6 +8,7 @@ camera, the joint states, the IDM node (executability reports) and the controlle
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from pathlib import Path
 
@@ -129,12 +130,25 @@ class Robot:
         self.instructions.publish(String(data=text))
 
 
+def ready_client(ros_peer, service_type, name: str):
+    """A service client whose request AND response paths are matched.
+
+    ``service_is_ready`` only sees the server's request reader; a call made at once can lose its
+    response while the server's response writer is still discovering the client (a known DDS
+    race), so give discovery a moment after the server appears.
+    """
+    client = ros_peer.node.create_client(service_type, name)
+    ros_peer.spin_until(client.service_is_ready, 60, f"the {name} service")
+    settled = time.monotonic() + 1.0
+    ros_peer.spin_until(lambda: time.monotonic() > settled, 5, "service discovery to settle")
+    return client
+
+
 def change_state(ros_peer, transition_id: int) -> bool:
     from lifecycle_msgs.msg import Transition
     from lifecycle_msgs.srv import ChangeState
 
-    client = ros_peer.node.create_client(ChangeState, "planner_node/change_state")
-    ros_peer.spin_until(client.service_is_ready, 60, "the planner_node/change_state service")
+    client = ready_client(ros_peer, ChangeState, "planner_node/change_state")
     future = client.call_async(ChangeState.Request(transition=Transition(id=transition_id)))
     ros_peer.spin_until(future.done, 60, f"lifecycle transition {transition_id}")
     ros_peer.node.destroy_client(client)
@@ -144,8 +158,7 @@ def change_state(ros_peer, transition_id: int) -> bool:
 def lifecycle_state(ros_peer) -> str:
     from lifecycle_msgs.srv import GetState
 
-    client = ros_peer.node.create_client(GetState, "planner_node/get_state")
-    ros_peer.spin_until(client.service_is_ready, 60, "the planner_node/get_state service")
+    client = ready_client(ros_peer, GetState, "planner_node/get_state")
     future = client.call_async(GetState.Request())
     ros_peer.spin_until(future.done, 30, "the lifecycle state")
     ros_peer.node.destroy_client(client)
