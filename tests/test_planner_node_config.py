@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from eva_planner.node_config import MAX_SEED, PlannerNodeConfig, parameter_specs
+from eva_idm.node_parameters import parameter_specs
+from eva_planner.node_config import MAX_SEED, PlannerNodeConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 TINY = {"model": "tiny", "dtype": "float32", "device": "cpu"}
@@ -23,9 +24,9 @@ def yaml_parameters(name: str) -> dict:
 
 def test_robot_config_lists_every_parameter_with_the_dataclass_default():
     values = yaml_parameters("planner.yaml")
-    assert list(values) == [spec.name for spec in parameter_specs()]
+    assert list(values) == [spec.name for spec in parameter_specs(PlannerNodeConfig)]
     config = PlannerNodeConfig.from_parameters(values)
-    defaults = {spec.name: spec.default for spec in parameter_specs()}
+    defaults = {spec.name: spec.default for spec in parameter_specs(PlannerNodeConfig)}
     assert {**dataclasses.asdict(config), "model": ""} == defaults
     assert config.model and (config.steps, config.num_frames, config.device) == (40, 49, "cuda")
 
@@ -37,7 +38,7 @@ def test_tiny_config_is_small_and_single_threaded():
 
 
 def test_every_parameter_has_a_description_and_a_ros_type():
-    for spec in parameter_specs():
+    for spec in parameter_specs(PlannerNodeConfig):
         assert spec.description, spec.name
         assert spec.kind in {"bool", "int", "float", "str", "str_list"}, spec.name
 

@@ -25,5 +25,9 @@ setup(
         "numpy", "scipy", "opencv-python-headless", "pyyaml", "h5py", "safetensors", "tqdm", "torch>=2.4",
     ],
     zip_safe=False,
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": [
+        "idm_node = eva_idm.ros.idm_node:main",
+        "controller_bridge = eva_idm.ros.controller_bridge:main",
+        "lifecycle_manager = eva_idm.ros.lifecycle_manager:main",
+    ]},
 )

@@ -21,5 +21,8 @@ setup(
     ],
     install_requires=["eva_idm", "numpy", "mujoco", "h5py", "opencv-python-headless", "tqdm"],
     zip_safe=False,
-    entry_points={"console_scripts": ["transport_probe = eva_sim.ros.transport_probe:main"]},
+    entry_points={"console_scripts": [
+        "transport_probe = eva_sim.ros.transport_probe:main",
+        "sim_robot = eva_sim.ros.sim_robot:main",
+    ]},
 )

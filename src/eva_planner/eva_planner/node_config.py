@@ -11,12 +11,9 @@ instead of planning with the default.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import functools
 import math
 import secrets
 import time
-import typing
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +21,7 @@ import numpy as np
 import torch
 
 from eva_idm.frames import SUPPORTED_FORMATS
+from eva_idm.node_parameters import check_types, config_from_parameters, setting
 from eva_planner.loading import load_world_model
 from eva_planner.tiny import build_tiny_world_model
 from eva_planner.world_model import DTYPES, PlanResult, SamplerConfig, WorldModel
@@ -34,17 +32,7 @@ if TYPE_CHECKING:  # best-of-N is optional and imported on use
 TINY_MODEL = "tiny"
 IMAGE_TRANSPORTS = ("raw", "compressed")
 MAX_SEED = 2**63 - 1  # seeds travel as int64 parameters and goal fields
-_KIND_NAMES = {
-    "bool": "a boolean",
-    "int": "an integer",
-    "float": "a number",
-    "str": "a string",
-    "str_list": "a list of strings",
-}
 
-
-def _setting(default: Any, description: str) -> Any:
-    return dataclasses.field(default=default, metadata={"description": description})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,45 +44,45 @@ class PlannerNodeConfig:
     """
 
     # World model.
-    model: str = _setting("", "'tiny' (random weights built in code) or a diffusers-format Wan2.1 I2V directory")
-    transformer_directory: str = _setting("", "transformer directory used instead of <model>/transformer; '' = none")
-    lora_adapters: tuple[str, ...] = _setting((), "PEFT LoRA adapter directories, applied in order")
-    merge_lora: bool = _setting(True, "merge the LoRA adapters into the weights (faster sampling)")
-    dtype: str = _setting("bfloat16", "transformer and text-encoder dtype: float32, bfloat16 or float16")
-    vae_dtype: str = _setting("float32", "VAE dtype: float32, bfloat16 or float16")
-    device: str = _setting("cuda", "torch device of the world model (and of the IDM for best-of-N)")
-    offload_text_encoder: bool = _setting(False, "keep the text encoder on the CPU except while it encodes")
-    num_threads: int = _setting(4, "torch CPU threads of this process [threads]; 0 = torch's default")
+    model: str = setting("", "'tiny' (random weights built in code) or a diffusers-format Wan2.1 I2V directory")
+    transformer_directory: str = setting("", "transformer directory used instead of <model>/transformer; '' = none")
+    lora_adapters: tuple[str, ...] = setting((), "PEFT LoRA adapter directories, applied in order")
+    merge_lora: bool = setting(True, "merge the LoRA adapters into the weights (faster sampling)")
+    dtype: str = setting("bfloat16", "transformer and text-encoder dtype: float32, bfloat16 or float16")
+    vae_dtype: str = setting("float32", "VAE dtype: float32, bfloat16 or float16")
+    device: str = setting("cuda", "torch device of the world model (and of the IDM for best-of-N)")
+    offload_text_encoder: bool = setting(False, "keep the text encoder on the CPU except while it encodes")
+    num_threads: int = setting(4, "torch CPU threads of this process [threads]; 0 = torch's default")
     # Sampler.
-    num_frames: int = _setting(49, "frames per plan, 4k+1 [frames]")
-    height: int = _setting(480, "plan frame height, multiple of 16 [px]")
-    width: int = _setting(640, "plan frame width, multiple of 16 [px]")
-    fps: float = _setting(16.0, "plan frame rate [Hz]")
-    steps: int = _setting(40, "denoising steps [steps]")
-    solver: str = _setting("unipc", "sampler: unipc or euler")
-    shift: float = _setting(3.0, "flow-matching sigma shift [dimensionless]")
-    guidance_history: float = _setting(1.5, "history guidance weight lambda_h [dimensionless]")
-    guidance_language: float = _setting(2.5, "language guidance weight lambda_l [dimensionless]")
-    negative_prompt: str = _setting("", "prompt of the no-language guidance pass")
-    history_timestep: str = _setting("last", "timestep of the clean first latent: last or zero")
-    clip_preprocessing: str = _setting("eva", "CLIP image preprocessing: eva or processor")
-    modulation: str = _setting("per_frame", "AdaLN modulation: per_frame or per_token")
-    batch_guidance: bool = _setting(False, "run the guidance passes as one batch (faster on a GPU, more memory)")
-    seed: int = _setting(-1, "sampler seed when a goal asks for none; -1 = a fresh random seed per plan")
+    num_frames: int = setting(49, "frames per plan, 4k+1 [frames]")
+    height: int = setting(480, "plan frame height, multiple of 16 [px]")
+    width: int = setting(640, "plan frame width, multiple of 16 [px]")
+    fps: float = setting(16.0, "plan frame rate [Hz]")
+    steps: int = setting(40, "denoising steps [steps]")
+    solver: str = setting("unipc", "sampler: unipc or euler")
+    shift: float = setting(3.0, "flow-matching sigma shift [dimensionless]")
+    guidance_history: float = setting(1.5, "history guidance weight lambda_h [dimensionless]")
+    guidance_language: float = setting(2.5, "language guidance weight lambda_l [dimensionless]")
+    negative_prompt: str = setting("", "prompt of the no-language guidance pass")
+    history_timestep: str = setting("last", "timestep of the clean first latent: last or zero")
+    clip_preprocessing: str = setting("eva", "CLIP image preprocessing: eva or processor")
+    modulation: str = setting("per_frame", "AdaLN modulation: per_frame or per_token")
+    batch_guidance: bool = setting(False, "run the guidance passes as one batch (faster on a GPU, more memory)")
+    seed: int = setting(-1, "sampler seed when a goal asks for none; -1 = a fresh random seed per plan")
     # Inputs.
-    image_transport: str = _setting("raw", "head camera input: raw (head_camera/image_raw) or compressed")
-    max_image_age: float = _setting(5.0, "newest image older than this is not planned from [s, steady clock]")
-    image_timeout: float = _setting(5.0, "how long a goal waits for a fresh image before NO_IMAGE [s]")
+    image_transport: str = setting("raw", "head camera input: raw (head_camera/image_raw) or compressed")
+    max_image_age: float = setting(5.0, "newest image older than this is not planned from [s, steady clock]")
+    image_timeout: float = setting(5.0, "how long a goal waits for a fresh image before NO_IMAGE [s]")
     # Outputs and goals.
-    frame_format: str = _setting("png", "encoding of the plan's frames: png or rgb8")
-    goal_timeout: float = _setting(900.0, "overall limit of an eva/execute goal that sets none [s]")
-    best_of_n: int = _setting(1, "candidates sampled and ranked by executability per plan; > 1 needs idm_checkpoint")
-    idm_checkpoint: str = _setting("", "IDM checkpoint directory used to rank best-of-N candidates; '' = none")
-    embodiment: str = _setting("aloha_agilex", "embodiment name or YAML path (best-of-N scoring)")
-    diagnostics_period: float = _setting(1.0, "period of the /diagnostics status [s]")
+    frame_format: str = setting("png", "encoding of the plan's frames: png or rgb8")
+    goal_timeout: float = setting(900.0, "overall limit of an eva/execute goal that sets none [s]")
+    best_of_n: int = setting(1, "candidates sampled and ranked by executability per plan; > 1 needs idm_checkpoint")
+    idm_checkpoint: str = setting("", "IDM checkpoint directory used to rank best-of-N candidates; '' = none")
+    embodiment: str = setting("aloha_agilex", "embodiment name or YAML path (best-of-N scoring)")
+    diagnostics_period: float = setting(1.0, "period of the /diagnostics status [s]")
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        check_types(self)
         if not self.model:
             raise ValueError(f"model: must be {TINY_MODEL!r} or a model directory, got {self.model!r}")
         for name in ("dtype", "vae_dtype"):
@@ -135,19 +123,7 @@ class PlannerNodeConfig:
         key is reported instead of silently ignored. ``None`` for a list stands for an empty list
         (a YAML ``[]`` reaches rclpy as an unset parameter).
         """
-        known = {setting.name for setting in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            hints = [
-                f"{name!r} (did you mean {close[0]!r}?)"
-                if (close := difflib.get_close_matches(name, known, 1))
-                else repr(name)
-                for name in unknown
-            ]
-            raise ValueError(f"unknown parameter(s) {', '.join(hints)}; see config/planner.yaml for the known ones")
-        lists = {spec.name for spec in parameter_specs() if spec.kind == "str_list"}
-        converted = {name: () if name in lists and value is None else value for name, value in values.items()}
-        return cls(**converted)
+        return config_from_parameters(cls, values, "config/planner.yaml")
 
     def sampler_config(self, seed: int) -> SamplerConfig:
         """The :class:`SamplerConfig` of one plan sampled with ``seed``."""
@@ -179,41 +155,6 @@ class PlannerNodeConfig:
             if seed >= 0:
                 return seed
         return secrets.randbelow(MAX_SEED + 1)
-
-
-@dataclasses.dataclass(frozen=True)
-class ParameterSpec:
-    """How the node declares one field: ``kind`` is bool, int, float, str or str_list."""
-
-    name: str
-    kind: str
-    default: Any
-    description: str
-
-
-@functools.cache
-def parameter_specs() -> tuple[ParameterSpec, ...]:
-    """One :class:`ParameterSpec` per field of :class:`PlannerNodeConfig`, in field order."""
-    kinds = {bool: "bool", int: "int", float: "float", str: "str", tuple[str, ...]: "str_list"}
-    hints = typing.get_type_hints(PlannerNodeConfig)
-    return tuple(
-        ParameterSpec(setting.name, kinds[hints[setting.name]], setting.default, setting.metadata["description"])
-        for setting in dataclasses.fields(PlannerNodeConfig)
-    )
-
-
-def _check_types(config: PlannerNodeConfig) -> None:
-    """Raise ValueError naming the first field whose value has the wrong type (an int passes as a float)."""
-    accepted = {"bool": (bool,), "int": (int,), "float": (float, int), "str": (str,), "str_list": (tuple, list)}
-    for spec in parameter_specs():
-        name, kind, value = spec.name, spec.kind, getattr(config, spec.name)
-        wrong_bool = isinstance(value, bool) and kind != "bool"
-        if wrong_bool or not isinstance(value, accepted[kind]):
-            raise ValueError(f"{name}: expected {_KIND_NAMES[kind]}, got {value!r}")
-        if kind == "str_list" and not all(isinstance(item, str) and item for item in value):
-            raise ValueError(f"{name}: expected non-empty strings, got {list(value)!r}")
-        if kind in ("float", "str_list"):  # 16 -> 16.0, [...] -> (...): the types the fields declare
-            object.__setattr__(config, name, float(value) if kind == "float" else tuple(value))
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

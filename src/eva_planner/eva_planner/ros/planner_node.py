@@ -32,6 +32,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profi
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 
+from eva_idm.ros.parameters import declare_parameters, read_config
 from eva_msgs.action import ExecuteInstruction
 from eva_msgs.msg import ExecutabilityReport, ExecutionStatus, VisualPlan
 from eva_planner.node_config import PlannerNodeConfig, build_plan_scorer, build_world_model, sample_plan
@@ -49,7 +50,7 @@ class PlannerNode(LifecycleNode):
 
     def __init__(self) -> None:
         super().__init__("planner_node")
-        self._parameter_errors = support.declare_parameters(self)
+        self._parameter_errors = declare_parameters(self, PlannerNodeConfig)
         self._busy, self._board = threading.Lock(), support.VerdictBoard()
         self._config: PlannerNodeConfig | None = None
         self._model = self._scorer = None
@@ -63,7 +64,7 @@ class PlannerNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Read the parameters, load the model, create the interfaces; FAILURE (logged) leaves it unconfigured."""
         try:  # rclpy would turn an exception into ERROR without a word; log the reason instead
-            config = support.read_config(self, self._parameter_errors)
+            config = read_config(self, PlannerNodeConfig, self._parameter_errors, "config/planner.yaml")
             if config.num_threads:
                 torch.set_num_threads(config.num_threads)
             self._model, self._scorer = build_world_model(config), build_plan_scorer(config)

@@ -12,27 +12,15 @@ import cv2
 import numpy as np
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor, ParameterType
 from rclpy.action.server import ServerGoalHandle
-from rclpy.exceptions import InvalidParameterTypeException
-from rclpy.node import Node
-from rclpy.parameter import Parameter
 from sensor_msgs.msg import CompressedImage, Image, JointState
 
 from eva_idm.frames import encode_frames, frames_sha256
 from eva_idm.ros.conversions import compressed_frames, stage_timings
 from eva_msgs.action import ExecuteInstruction
 from eva_msgs.msg import ExecutabilityReport, ExecutionStatus, VisualPlan
-from eva_planner.node_config import PlannerNodeConfig, parameter_specs
 
 RAW_ENCODINGS = ("rgb8", "bgr8")
-ROS_TYPES = {
-    "bool": ParameterType.PARAMETER_BOOL,
-    "int": ParameterType.PARAMETER_INTEGER,
-    "float": ParameterType.PARAMETER_DOUBLE,
-    "str": ParameterType.PARAMETER_STRING,
-    "str_list": ParameterType.PARAMETER_STRING_ARRAY,
-}
 Result, Feedback = ExecuteInstruction.Result, ExecuteInstruction.Feedback
 # Error code -> constant name, for logs (the generated class also has upper-case SLOT_TYPES).
 RESULT_NAMES = {getattr(Result, name): name for name in dir(Result) if isinstance(getattr(Result, name), int)}
@@ -43,38 +31,6 @@ END_STATES = {
     ExecutionStatus.ABORTED: Result.EXECUTION_ABORTED,
 }
 
-
-def declare_parameters(node: Node) -> list[str]:
-    """Declare one typed, described parameter per :class:`PlannerNodeConfig` field; the type errors, as text.
-
-    A value of the wrong type is reported, not raised, so that it fails configure like every other
-    parameter problem instead of killing the process before the lifecycle manager can see why.
-    """
-    errors = []
-    for spec in parameter_specs():
-        # An empty list says nothing of its type: those are declared statically typed, unset until given.
-        default = (list(spec.default) or Parameter.Type.STRING_ARRAY) if spec.kind == "str_list" else spec.default
-        try:
-            node.declare_parameter(spec.name, default, ParameterDescriptor(description=spec.description,
-                                                                           type=ROS_TYPES[spec.kind]))
-        except InvalidParameterTypeException as error:
-            errors.append(str(error))
-    return errors
-
-
-def read_config(node: Node, declaration_errors: Sequence[str]) -> PlannerNodeConfig:
-    """The node's :class:`PlannerNodeConfig`; ValueError names the unknown, mistyped or invalid parameter.
-
-    rclpy drops parameters nobody declared without a word. The config refuses unknown keys, so it
-    gets every key the user set (``--params-file``, ``-p``); rclpy keeps those in the node's
-    ``_parameter_overrides`` (no public accessor), already narrowed to this node's name.
-    """
-    if declaration_errors:
-        raise ValueError("; ".join(declaration_errors))
-    overrides = node._parameter_overrides  # noqa: SLF001 (see the docstring)
-    values = {name: override.value for name, override in overrides.items() if not node.has_parameter(name)}
-    values.update({spec.name: node.get_parameter_or(spec.name).value for spec in parameter_specs()})
-    return PlannerNodeConfig.from_parameters(values)
 
 
 @dataclass(frozen=True)
