@@ -23,6 +23,7 @@ import torch
 from eva_idm.frames import SUPPORTED_FORMATS
 from eva_idm.node_parameters import check_types, config_from_parameters, setting
 from eva_planner.loading import load_world_model
+from eva_planner.oracle import ORACLE_PREFIX, OracleWorldModel
 from eva_planner.tiny import build_tiny_world_model
 from eva_planner.world_model import DTYPES, PlanResult, SamplerConfig, WorldModel
 
@@ -44,7 +45,8 @@ class PlannerNodeConfig:
     """
 
     # World model.
-    model: str = setting("", "'tiny' (random weights built in code) or a diffusers-format Wan2.1 I2V directory")
+    model: str = setting("", "'tiny' (random weights built in code), a diffusers-format Wan2.1 I2V directory, or "
+                                "'oracle:<episode.hdf5>' (a recorded episode's video as the plan)")
     transformer_directory: str = setting("", "transformer directory used instead of <model>/transformer; '' = none")
     lora_adapters: tuple[str, ...] = setting((), "PEFT LoRA adapter directories, applied in order")
     merge_lora: bool = setting(True, "merge the LoRA adapters into the weights (faster sampling)")
@@ -78,13 +80,16 @@ class PlannerNodeConfig:
     goal_timeout: float = setting(900.0, "overall limit of an eva/execute goal that sets none [s]")
     best_of_n: int = setting(1, "candidates sampled and ranked by executability per plan; > 1 needs idm_checkpoint")
     idm_checkpoint: str = setting("", "IDM checkpoint directory used to rank best-of-N candidates; '' = none")
-    embodiment: str = setting("aloha_agilex", "embodiment name or YAML path (best-of-N scoring)")
+    embodiment: str = setting("aloha_agilex", "embodiment name or YAML path (best-of-N scoring, the oracle's joint order)")
     diagnostics_period: float = setting(1.0, "period of the /diagnostics status [s]")
 
     def __post_init__(self) -> None:
         check_types(self)
         if not self.model:
-            raise ValueError(f"model: must be {TINY_MODEL!r} or a model directory, got {self.model!r}")
+            raise ValueError(f"model: must be {TINY_MODEL!r}, a model directory or "
+                             f"'{ORACLE_PREFIX}<episode.hdf5>', got {self.model!r}")
+        if self.model.startswith(ORACLE_PREFIX) and not self.model[len(ORACLE_PREFIX):]:
+            raise ValueError(f"model: {ORACLE_PREFIX!r} needs an episode file, e.g. 'oracle:data/episode0.hdf5'")
         for name in ("dtype", "vae_dtype"):
             _check_choice(name, getattr(self, name), tuple(DTYPES))
         try:
@@ -162,10 +167,15 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name}: must be one of {list(choices)}, got {value!r}")
 
 
-def build_world_model(config: PlannerNodeConfig) -> WorldModel:
-    """The configured world model: the random ``tiny`` preset, or loaded from local files."""
+def build_world_model(config: PlannerNodeConfig) -> WorldModel | OracleWorldModel:
+    """The configured world model: the random ``tiny`` preset, an oracle episode, or loaded from local files."""
     if config.model == TINY_MODEL:
         return build_tiny_world_model()
+    if config.model.startswith(ORACLE_PREFIX):
+        from eva_idm.embodiment import load_embodiment
+
+        joint_names = load_embodiment(config.embodiment).joint_names
+        return OracleWorldModel(config.model[len(ORACLE_PREFIX):], joint_names)
     return load_world_model(
         config.model,
         transformer_directory=config.transformer_directory or None,
@@ -192,7 +202,7 @@ def build_plan_scorer(config: PlannerNodeConfig) -> PlanScorer | None:
 
 
 def sample_plan(
-    world_model: WorldModel,
+    world_model: WorldModel | OracleWorldModel,
     scorer: PlanScorer | None,
     image: np.ndarray,
     instruction: str,
