@@ -69,7 +69,7 @@ def test_a_value_of_the_wrong_type_is_an_error_naming_the_field(overrides, messa
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"model": ""}, "model: must be 'tiny' or a model directory"),
+        ({"model": ""}, "model: must be 'tiny', a model directory or 'oracle:<episode.hdf5>'"),
         ({"dtype": "bfloat16"}, "dtype: model 'tiny' is built in float32"),
         ({"dtype": "int8", "model": "/models/wan"}, "dtype: must be one of"),
         ({"transformer_directory": "/models/eva"}, "model 'tiny' takes neither"),
