@@ -207,3 +207,15 @@ def test_synth_refuses_to_overwrite_episodes(synthesized):
 def test_synth_config_names_the_bad_field_and_value(tmp_path, field, value):
     with pytest.raises(ValueError, match=rf"{field}: .*got {value!r}"):
         SynthConfig(out_dir=tmp_path, **{field: value})
+
+
+def test_without_gripper_toggles_the_grippers_keep_their_start(tmp_path):
+    root = synthesize(SynthConfig(out_dir=tmp_path, episodes=2, frames=40, height=48, width=64, seed=1,
+                                  gripper_toggle_probability=0.0), progress=False)
+    grippers = load_embodiment("aloha_agilex").gripper_mask()
+    for path in sorted((root / "data").iterdir()):
+        with h5py.File(path) as episode:
+            actions = episode["joint_action/vector"][()]
+        assert (actions[:, grippers] == actions[0, grippers]).all(), path.name
+    with pytest.raises(ValueError, match="gripper_toggle_probability: must lie in \\[0, 1\\], got 1.5"):
+        SynthConfig(out_dir=tmp_path / "other", gripper_toggle_probability=1.5)

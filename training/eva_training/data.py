@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--config", default="demo_clean", help="task-config name, a directory level (default: demo_clean)"
     )
     synth.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of the frames, 1..100 (default: 90)")
+    synth.add_argument("--gripper-toggle-probability", type=float, default=0.6,
+                       help="chance of a gripper toggle after each arm move; 0 keeps the grippers still (default: 0.6)")
     synth.add_argument(
         "--embodiment",
         default="aloha_agilex",
@@ -58,6 +60,7 @@ def run_synth(args: argparse.Namespace) -> int:
         task_config=args.config,
         jpeg_quality=args.jpeg_quality,
         embodiment=args.embodiment,
+        gripper_toggle_probability=args.gripper_toggle_probability,
     )
     episode_dir = synthesize(config)
     print(f"wrote {config.episodes} episodes of {config.frames} frames to {episode_dir}")

@@ -66,6 +66,8 @@ class SynthConfig:
         jpeg_quality: JPEG quality of the stored frames, 1..100.
         dt: time between frames, s (RoboTwin: 0.06).
         embodiment: embodiment name or YAML path.
+        gripper_toggle_probability: chance of a gripper toggle after each arm move (see
+            :class:`~eva_sim.motions.MotionConfig`); 0 keeps each gripper where it starts.
     """
 
     out_dir: Path
@@ -79,6 +81,7 @@ class SynthConfig:
     jpeg_quality: int = 90
     dt: float = ROBOTWIN_FRAME_INTERVAL_S
     embodiment: str = "aloha_agilex"
+    gripper_toggle_probability: float = MotionConfig.gripper_toggle_probability
 
     def __post_init__(self) -> None:
         _require_int_in("episodes", self.episodes, 1, 1_000_000)
@@ -87,12 +90,18 @@ class SynthConfig:
         _require_int_in("width", self.width, 16, 4096)
         _require_int_in("seed", self.seed, 0, 2**63 - 1)
         _require_int_in("jpeg_quality", self.jpeg_quality, 1, 100)
+        self.motion_config  # noqa: B018 (checks the motion fields now, naming them)
         if not self.dt > 0.0:
             raise ValueError(f"dt: must be > 0 seconds, got {self.dt}")
         for name in ("task", "task_config"):
             value = getattr(self, name)
             if not value or "/" in value or os.sep in value or value in {".", ".."}:
                 raise ValueError(f"{name}: must be a plain directory name, got {value!r}")
+
+    @property
+    def motion_config(self) -> MotionConfig:
+        """How the episodes' random motions are drawn (validates the motion fields)."""
+        return MotionConfig(gripper_toggle_probability=self.gripper_toggle_probability)
 
     @property
     def episode_dir(self) -> Path:
@@ -188,7 +197,7 @@ def synthesize(config: SynthConfig, progress: bool = True) -> Path:
     scene_info = {}
     with AgilexScene(embodiment, height=config.height, width=config.width) as scene:
         for index, seed in enumerate(tqdm(seeds, desc=f"synth {config.task}", unit="episode", disable=not progress)):
-            episode = render_episode(scene, seed, config.frames, config.dt)
+            episode = render_episode(scene, seed, config.frames, config.dt, config.motion_config)
             write_episode_hdf5(
                 root / "data" / f"episode{index}.hdf5", episode, embodiment.arm_slices(), config.jpeg_quality
             )
