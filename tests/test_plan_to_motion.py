@@ -150,6 +150,18 @@ def test_out_of_range_gripper_is_rejected():
     assert "left_gripper reaches 1.3" in result.reason
 
 
+def test_an_open_gripper_decoded_just_beyond_its_stop_is_clamped_to_it():
+    """An open gripper sits on its stop; IDM noise within the gripper band is planned as the stop itself."""
+    open_start, open_goal = START.copy(), GOAL.copy()
+    open_start[6] = open_goal[6] = 1.0
+    decoded = ease(open_start, open_goal)
+    decoded[:, 6] += 0.06 * np.sin(np.linspace(0.0, np.pi, len(decoded))) ** 2
+    result = gate(decoded, measured=open_start)
+    assert_executes_within_limits(result, open_start)
+    _, positions, _, _ = sample_uniform(result.trajectory, RATE, StartState.at_rest(open_start))
+    assert positions[:, 6].max() <= 1.0 + 1e-9
+
+
 @pytest.mark.parametrize(("position", "verdict"), [(-0.015, Verdict.ACCEPTED), (-0.03, Verdict.POSITION_LIMIT)])
 def test_the_tolerance_band_at_a_stop_passes_noise_but_not_more(position: float, verdict: Verdict):
     """The home pose sits on j2's lower stop: decodes a little beyond it pass, further ones do not."""

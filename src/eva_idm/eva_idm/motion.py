@@ -4,8 +4,9 @@ DESIGN.md section 3, "From decoded frames to commanded motion", steps 2-4, as on
 :func:`plan_to_motion`, shared by the IDM node, ``eva`` and the tests:
 
 1. **Hard verdicts on the raw decode**: shape, frame count, finite values, position limits with
-   the tolerance band (grippers: their 0..1 range with the same band), and EVA's reward on the raw
-   decode (what the reward means) against ``min_reward``.
+   the tolerance band (grippers: their 0..1 range with their band), and EVA's reward on the raw
+   decode (what the reward means) against ``min_reward``. Values inside the band but beyond a
+   stop are then clamped to the stop: that is IDM noise at a pose on the stop.
 2. **Start offset** (decoded first pose minus measured pose) is IDM error, not motion: reported
    per joint, rejected above ``max_start_offset``, otherwise subtracted with a weight that falls
    from 1 to 0 over ``start_offset_fade_s`` of plan time (longer once retimed slower) along a
@@ -414,6 +415,9 @@ def _gate(
         )
     _reject_non_finite(plan, embodiment.joint_names)
     _reject_outside_position_limits(plan, embodiment, draft)
+    # Inside the band but beyond a stop is IDM noise at a pose on the stop (home sits on j2/j3's,
+    # an open gripper on its own): the stop is where the joint can go, so that is what is planned.
+    plan = np.clip(plan, *embodiment.position_bounds(with_tolerance=False))
     if draft.reward.reward < config.min_reward:
         raise _RejectedError(Verdict.LOW_REWARD, _low_reward_reason(draft.reward, config.min_reward))
     draft.start_offset = plan[0] - measured
