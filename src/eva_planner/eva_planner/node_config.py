@@ -80,7 +80,7 @@ class PlannerNodeConfig:
     goal_timeout: float = setting(900.0, "overall limit of an eva/execute goal that sets none [s]")
     best_of_n: int = setting(1, "candidates sampled and ranked by executability per plan; > 1 needs idm_checkpoint")
     idm_checkpoint: str = setting("", "IDM checkpoint directory used to rank best-of-N candidates; '' = none")
-    embodiment: str = setting("aloha_agilex", "embodiment name or YAML path (best-of-N scoring, the oracle's joint order)")
+    embodiment: str = setting("aloha_agilex", "embodiment name or YAML path (best-of-N, the oracle's joint order)")
     diagnostics_period: float = setting(1.0, "period of the /diagnostics status [s]")
 
     def __post_init__(self) -> None:
