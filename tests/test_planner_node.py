@@ -104,8 +104,10 @@ class Robot:
         node = ros_peer.node
         self.peer, self.image = ros_peer, image
         self.plans: list[VisualPlan] = []
+        self.previews: list[VisualPlan] = []  # plan_only goals' plans: gated, never executed
         self.frames: list[CompressedImage] = []
         node.create_subscription(VisualPlan, "eva/plan", self.plans.append, qos())
+        node.create_subscription(VisualPlan, "eva/plan/preview", self.previews.append, qos())
         node.create_subscription(CompressedImage, "eva/plan/image/compressed", self.frames.append, qos(depth=20))
         self.camera = node.create_publisher(Image, "head_camera/image_raw", qos())
         self.joints = node.create_publisher(JointState, "joint_states", qos())
@@ -337,7 +339,8 @@ def test_execute_goal_ends_with_the_gate_or_bridge_verdict_or_the_goal_fault(pla
             verdict.plan_id = plan.plan_id
             (robot.statuses if isinstance(verdict, ExecutionStatus) else robot.reports).publish(verdict)
 
-    ros_peer.node.create_subscription(VisualPlan, "eva/plan", judge, qos())
+    for topic in ("eva/plan", "eva/plan/preview"):
+        ros_peer.node.create_subscription(VisualPlan, topic, judge, qos())
     codes = ExecuteInstruction.Result
     for goal, code, reason in [
         ({"instruction": "lift the box"}, codes.REJECTED_BY_GATE, "below the gate's minimum"),
@@ -353,7 +356,8 @@ def test_execute_goal_ends_with_the_gate_or_bridge_verdict_or_the_goal_fault(pla
 
     response = actions.result(actions.send(instruction="pick up the cup", plan_only=True))
     assert response.status == GoalStatus.STATUS_SUCCEEDED, response.result.error_msg
-    assert response.result.report.reward == 8.0 and response.result.plan_id == robot.plans[-1].plan_id
+    assert response.result.report.reward == 8.0 and response.result.plan_id == robot.previews[-1].plan_id
+    assert response.result.plan_id not in {plan.plan_id for plan in robot.plans}  # the bridge never sees it
 
 
 @pytest.mark.ros

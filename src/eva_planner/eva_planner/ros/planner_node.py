@@ -107,6 +107,8 @@ class PlannerNode(LifecycleNode):
 
     def _create_interfaces(self, config: PlannerNodeConfig) -> None:
         self._plan_publisher = self.create_lifecycle_publisher(VisualPlan, "eva/plan", RELIABLE)
+        # plan_only goals: the IDM node judges these too but never forwards them to the bridge.
+        self._preview_publisher = self.create_lifecycle_publisher(VisualPlan, "eva/plan/preview", RELIABLE)
         self._frame_publisher = self.create_lifecycle_publisher(  # keeps a whole plan for slow viewers
             CompressedImage, "eva/plan/image/compressed", QoSProfile(depth=config.num_frames))
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -126,7 +128,8 @@ class PlannerNode(LifecycleNode):
                               goal_callback=self._accept_goal, cancel_callback=lambda _: CancelResponse.ACCEPT)
         self._teardown = [
             *(functools.partial(self.destroy_lifecycle_publisher, publisher)
-              for publisher in (self._plan_publisher, self._frame_publisher, self._diagnostics)),
+              for publisher in (self._plan_publisher, self._preview_publisher, self._frame_publisher,
+                                self._diagnostics)),
             *(functools.partial(self.destroy_subscription, subscription) for subscription in subscriptions),
             functools.partial(self.destroy_timer, timer), server.destroy,
         ]
@@ -160,8 +163,12 @@ class PlannerNode(LifecycleNode):
             self._busy.release()
 
     def _plan(self, plan_id: str, instruction: str, camera: support.CameraFrame, seed: int, n: int,
-              should_stop: Callable[[], bool], on_step: Callable[[int, int], None] | None = None) -> VisualPlan:
-        """Sample a plan (the best of ``n`` when ``n`` > 1), publish it and its frames, and return it."""
+              should_stop: Callable[[], bool], on_step: Callable[[int, int], None] | None = None,
+              preview: bool = False) -> VisualPlan:
+        """Sample a plan (the best of ``n`` when ``n`` > 1), publish it and its frames, and return it.
+
+        A ``preview`` plan goes to ``eva/plan/preview``: gated, never executed.
+        """
         started, config, scorer = time.perf_counter(), self._config, self._scorer
         measured = support.joint_positions(camera.joint_state, scorer.embodiment.joint_names) if scorer else None
         result, timings = sample_plan(self._model, scorer, camera.rgb, instruction, config.sampler_config(seed), n,
@@ -169,7 +176,7 @@ class PlannerNode(LifecycleNode):
         plan = support.visual_plan(result.frames, camera, plan_id=plan_id, instruction=instruction,
                                    fps=result.fps, seed=result.seed, model_id=self._model.model_id, steps=config.steps,
                                    timings=timings, frame_format=config.frame_format)
-        self._plan_publisher.publish(plan)
+        (self._preview_publisher if preview else self._plan_publisher).publish(plan)
         for frame in plan.frames:
             self._frame_publisher.publish(frame)
         self._stats.update(plans=self._stats["plans"] + 1, last_plan_id=plan.plan_id)
@@ -219,7 +226,8 @@ class PlannerNode(LifecycleNode):
                 goal_handle.publish_feedback(Feedback(phase=Feedback.PLANNING, progress=done / total, reward=math.nan))
 
             n = goal.best_of_n or config.best_of_n
-            self._plan(plan_id, goal.instruction, camera, config.plan_seed(goal.seed), n, stop, on_step)
+            self._plan(plan_id, goal.instruction, camera, config.plan_seed(goal.seed), n, stop, on_step,
+                       preview=goal.plan_only)
             return support.await_verdicts(goal_handle, self._board, plan_id, goal.plan_only, deadline,
                                           lambda: self._active)
         except PlanningCancelled as stopped:
