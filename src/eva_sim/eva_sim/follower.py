@@ -1,0 +1,442 @@
+"""A JointTrajectoryController (JTC) on its topic interface, without ROS: the simulated robot's controllers.
+
+The simulated robot must execute what the controller bridge sends the way ros2_control's
+JointTrajectoryController would, so that a trajectory that works in the sim works on the robot
+and a message the robot would refuse is refused here too. Interpolation is
+:func:`eva_idm.trajectory.sample`, the sampler the bridge checks its trajectories with, so bridge
+and sim cannot disagree about the motion. The rules of JTC's topic interface reproduced here:
+
+* **Start time.** ``header.stamp == 0`` starts the trajectory when it arrives; otherwise
+  ``time_from_start`` counts from the stamp. As in JTC, the controller interpolates from the state
+  at arrival (measured positions and velocities) to point 0 over ``[arrival, stamp +
+  time_from_start[0]]``: with point 0 at the measured pose (what the bridge sends) the robot holds
+  still until the stamp; with point 0 elsewhere it moves there over the whole delay.
+* **Interpolation** follows the fields filled: positions only linear, with velocities cubic, with
+  accelerations too quintic (the segment from the arrival state matches what both ends have; the
+  state has no accelerations, so that segment is at most cubic).
+* **Points in the past are dropped** and the arrival state is interpolated to the first point
+  still ahead (ROS 2's JTC would jump into the middle of the trajectory instead; stepping the
+  command is never what a sender of a late trajectory wants). A trajectory whose last point is in
+  the past is rejected, as JTC does.
+* **A new message replaces the old one.** An **empty** message (no points) stops and holds the
+  measured position; it must still name the controller's joints, and its stamp is not checked (a
+  stop is never refused for being late).
+* **Rejected** (the previous command goes on, the error names the field and the value): no,
+  unknown, duplicate or missing joint names (partial goals are off), a point whose positions,
+  velocities or accelerations do not have one value per joint, velocities or accelerations filled
+  for some points only, accelerations without velocities, effort (JTC does not support it),
+  non-finite values, negative or not strictly increasing ``time_from_start``, and a non-zero
+  velocity at the last point (``allow_nonzero_velocity_at_trajectory_end: false``, as in
+  ``config/aloha_controllers.yaml``).
+* **After the last point** the last position is held; ``cmd_timeout`` after the end the command is
+  stale: the controller holds the measured position and says so once (JTC's "Aborted due to command
+  timeout").
+
+The arm itself is a first-order lag (time constant ``time_constant``) behind the commanded
+position, clamped to the position limits, so measured and commanded states differ as on a robot.
+Velocities are measured as the change of position per update.
+
+Messages are plain data (:class:`TrajectoryCommand`) so this module imports no ROS; the node
+converts ``trajectory_msgs/JointTrajectory`` into them. Times are seconds of the clock the
+controller runs on (sim time in the simulator).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from eva_idm.controllers import TrajectoryController
+from eva_idm.embodiment import Embodiment
+from eva_idm.trajectory import StartState, Trajectory, sample
+
+# Resolution of builtin_interfaces Time and Duration: times are rounded to it.
+NANOSECOND = 1e-9
+# JTC compares the last point's velocities with float epsilon.
+REST_VELOCITY = float(np.finfo(np.float32).eps)
+
+
+class CommandError(ValueError):
+    """A trajectory message the controller refuses; the message names the field and the value."""
+
+
+@dataclass(frozen=True)
+class TrajectoryPoint:
+    """One ``trajectory_msgs/JointTrajectoryPoint``: values in the message's joint order, empty = not given.
+
+    Attributes:
+        time_from_start: seconds after the trajectory's start.
+        positions, velocities, accelerations, effort: one value per joint or empty.
+    """
+
+    time_from_start: float
+    positions: tuple[float, ...]
+    velocities: tuple[float, ...] = ()
+    accelerations: tuple[float, ...] = ()
+    effort: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class TrajectoryCommand:
+    """One ``trajectory_msgs/JointTrajectory`` message.
+
+    Attributes:
+        joint_names: names of the columns of every point.
+        stamp: ``header.stamp`` in seconds; 0 starts the trajectory on arrival.
+        points: the points; none means stop and hold.
+    """
+
+    joint_names: tuple[str, ...]
+    stamp: float
+    points: tuple[TrajectoryPoint, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class _Active:
+    """An accepted trajectory: times relative to ``origin`` (its arrival), from ``start`` (the state then)."""
+
+    trajectory: Trajectory
+    start: StartState
+    origin: float
+
+    @property
+    def end(self) -> float:
+        return self.origin + self.trajectory.duration
+
+
+class TrajectoryFollower:
+    """One JointTrajectoryController and the joints it drives (see the module docstring).
+
+    Not thread-safe: call :meth:`receive` and :meth:`update` from one thread, with times that never
+    go backwards (ValueError otherwise).
+
+    Args:
+        name: controller name, used in notices.
+        joint_names: the joints it commands, in command order.
+        initial_positions: where the joints stand at ``now``.
+        position_lower, position_upper: limits the measured positions are clamped to.
+        cmd_timeout: seconds after a trajectory's end before its command is stale (> 0).
+        time_constant: first-order lag of measured behind commanded positions, seconds (0 = none).
+        now: the current time, seconds.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        joint_names: Sequence[str],
+        initial_positions: ArrayLike,
+        position_lower: ArrayLike,
+        position_upper: ArrayLike,
+        cmd_timeout: float,
+        time_constant: float,
+        now: float,
+    ) -> None:
+        self.name = name
+        self.joint_names = tuple(joint_names)
+        width = len(self.joint_names)
+        if width == 0 or len(set(self.joint_names)) != width:
+            raise ValueError(f"joint_names: need unique names, got {list(self.joint_names)}")
+        self._lower = _vector("position_lower", position_lower, width)
+        self._upper = _vector("position_upper", position_upper, width)
+        if not (self._lower < self._upper).all():
+            raise ValueError(f"position_lower/position_upper: need lower < upper, got {self._lower} and {self._upper}")
+        if not (math.isfinite(cmd_timeout) and cmd_timeout > 0.0):
+            raise ValueError(f"cmd_timeout: must be a finite number of seconds > 0, got {cmd_timeout}")
+        if not (math.isfinite(time_constant) and time_constant >= 0.0):
+            raise ValueError(f"time_constant: must be a finite number of seconds >= 0, got {time_constant}")
+        self.cmd_timeout, self.time_constant = float(cmd_timeout), float(time_constant)
+        self._time = self._latest = _checked_time(now)
+        self._measured = np.clip(_vector("initial_positions", initial_positions, width), self._lower, self._upper)
+        self._measured_velocity = np.zeros(width)
+        self._hold = self._measured.copy()
+        self._commanded = (self._hold.copy(), np.zeros(width), np.zeros(width))
+        self._active: _Active | None = None
+        self._status = "idle"
+
+    @property
+    def status(self) -> str:
+        """``idle`` (initial pose), ``executing``, ``finished`` (holding the last point), ``stopped``, ``stale``."""
+        return self._status
+
+    @property
+    def measured_positions(self) -> np.ndarray:
+        """Measured joint positions at the last update (a copy)."""
+        return self._measured.copy()
+
+    @property
+    def measured_velocities(self) -> np.ndarray:
+        """Measured joint velocities at the last update (a copy)."""
+        return self._measured_velocity.copy()
+
+    @property
+    def commanded(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Commanded positions, velocities and accelerations at the last update (copies)."""
+        return tuple(value.copy() for value in self._commanded)
+
+    @property
+    def end_time(self) -> float | None:
+        """When the current trajectory reaches its last point, seconds; None while holding."""
+        return self._active.end if self._active else None
+
+    def receive(self, command: TrajectoryCommand, now: float) -> str:
+        """Take a new message at time ``now``; returns what it does, for a log line.
+
+        Raises:
+            CommandError: the message is refused (naming the field and the value); the previous
+                command goes on unchanged.
+        """
+        now = self._advance_clock(now)
+        order = self._message_order(command.joint_names)
+        if not command.points:
+            self._hold_measured("stopped")
+            return "empty trajectory: stopped, holding the measured position"
+        trajectory = self._trajectory(command, order, now)
+        self._active = _Active(trajectory, StartState(self._measured.copy(), self._measured_velocity.copy()), now)
+        self._status = "executing"
+        return (f"accepted {len(trajectory.times)} point(s) ({trajectory.interpolation}), "
+                f"ending at {self._active.end:.3f} s")
+
+    def update(self, now: float) -> str | None:
+        """Advance to ``now``: command the trajectory, let the arm follow; returns a notice to log, if any."""
+        now = self._advance_clock(now)
+        notice = None
+        active = self._active
+        if active is not None and now > active.end + self.cmd_timeout:
+            self._hold_measured("stale")
+            notice = (f"command timed out: the trajectory ended at {active.end:.3f} s and cmd_timeout is "
+                      f"{self.cmd_timeout} s; holding the measured position")
+            active = None
+        if active is not None:
+            self._commanded = sample(active.trajectory, now - active.origin, active.start)
+            if now >= active.end:
+                self._status = "finished"
+        else:
+            zeros = np.zeros_like(self._hold)
+            self._commanded = (self._hold.copy(), zeros, zeros.copy())
+        self._follow(now)
+        return notice
+
+    def _advance_clock(self, now: float) -> float:
+        """``now``, checked to be no earlier than any time given before."""
+        now = _checked_time(now)
+        if now < self._latest:
+            raise ValueError(f"now: time went backwards from {self._latest} s to {now} s")
+        self._latest = now
+        return now
+
+    def _follow(self, now: float) -> None:
+        """First-order lag of the measured position toward the commanded one, clamped to the limits."""
+        elapsed = now - self._time
+        if elapsed <= 0.0:
+            return
+        gain = 1.0 if self.time_constant == 0.0 else -math.expm1(-elapsed / self.time_constant)
+        previous = self._measured
+        self._measured = np.clip(previous + gain * (self._commanded[0] - previous), self._lower, self._upper)
+        self._measured_velocity = (self._measured - previous) / elapsed
+        self._time = now
+
+    def _hold_measured(self, status: str) -> None:
+        self._active, self._hold, self._status = None, self._measured.copy(), status
+
+    def _message_order(self, joint_names: Sequence[str]) -> np.ndarray:
+        """Index into the message's columns of each of the controller's joints."""
+        names = list(joint_names)
+        if not names:
+            raise CommandError(f"joint_names: empty; {self.name} needs all of {list(self.joint_names)}")
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise CommandError(f"joint_names: {duplicates} given more than once in {names}")
+        unknown = [name for name in names if name not in self.joint_names]
+        if unknown:
+            raise CommandError(f"joint_names: {unknown} are not joints of {self.name} "
+                                  f"(it commands {list(self.joint_names)})")
+        missing = [name for name in self.joint_names if name not in names]
+        if missing:
+            raise CommandError(f"joint_names: {missing} missing; partial goals are not allowed, "
+                                  f"{self.name} needs all of {list(self.joint_names)}")
+        return np.array([names.index(name) for name in self.joint_names])
+
+    def _trajectory(self, command: TrajectoryCommand, order: np.ndarray, now: float) -> Trajectory:
+        """The points still ahead, in controller joint order, timed from ``now``."""
+        stamp = command.stamp
+        if not (math.isfinite(stamp) and stamp >= 0.0):
+            raise CommandError(f"header.stamp: must be a finite time >= 0 s, got {stamp}")
+        points = command.points
+        times = np.array([_time_from_start(index, point) for index, point in enumerate(points)])
+        for index in range(1, len(times)):
+            if times[index] <= times[index - 1]:
+                raise CommandError(
+                    f"points[{index}].time_from_start: {times[index]} s is not after points[{index - 1}]'s "
+                    f"{times[index - 1]} s; times must strictly increase")
+        fields = {name: self._field(points, name, command.joint_names, order)
+                  for name in ("positions", "velocities", "accelerations")}
+        for index, point in enumerate(points):
+            if point.effort:
+                raise CommandError(f"points[{index}].effort: JTC does not support effort, got {list(point.effort)}")
+        if fields["positions"] is None:
+            raise CommandError("points[0].positions: empty; the position-controlled joints need positions")
+        if fields["accelerations"] is not None and fields["velocities"] is None:
+            raise CommandError("points[*].accelerations: given without velocities; JTC interpolates with "
+                                  "accelerations only together with velocities")
+        last = fields["velocities"][-1] if fields["velocities"] is not None else np.zeros(len(order))
+        moving = np.flatnonzero(np.abs(last) > REST_VELOCITY)
+        if moving.size:
+            joint = self.joint_names[moving[0]]
+            raise CommandError(
+                f"points[{len(points) - 1}].velocities: the last point must be at rest "
+                f"(allow_nonzero_velocity_at_trajectory_end: false), got {last[moving[0]]} for {joint}")
+        start = now if stamp == 0.0 else stamp
+        relative = np.round((start + times - now) / NANOSECOND) * NANOSECOND
+        if relative[-1] < 0.0:
+            raise CommandError(
+                f"header.stamp: the trajectory ends at {start + times[-1]:.9f} s (stamp {stamp:.9f} s + last "
+                f"time_from_start {times[-1]} s), before now ({now:.9f} s)")
+        ahead = relative >= 0.0
+        kept = {name: None if value is None else value[ahead] for name, value in fields.items()}
+        try:
+            return Trajectory(self.joint_names, relative[ahead], kept["positions"], kept["velocities"],
+                              kept["accelerations"])
+        except ValueError as error:
+            raise CommandError(str(error)) from None
+
+    def _field(self, points: Sequence[TrajectoryPoint], name: str, joint_names: Sequence[str],
+               order: np.ndarray) -> np.ndarray | None:
+        """``(N, D)`` values of field ``name`` in controller order, None when no point gives it."""
+        rows = [getattr(point, name) for point in points]
+        given = [index for index, row in enumerate(rows) if len(row)]
+        if not given:
+            return None
+        if len(given) != len(rows):
+            without = next(index for index, row in enumerate(rows) if not len(row))
+            raise CommandError(f"points[{without}].{name}: empty while points[{given[0]}] has {name}; "
+                                  "fill them for every point or for none")
+        for index, row in enumerate(rows):
+            if len(row) != len(joint_names):
+                raise CommandError(f"points[{index}].{name}: {len(row)} values for {len(joint_names)} joint names")
+        values = np.array(rows, dtype=np.float64)
+        bad = np.argwhere(~np.isfinite(values))
+        if bad.size:
+            index, column = bad[0]
+            raise CommandError(f"points[{index}].{name}: non-finite value {values[index, column]} for "
+                                  f"{joint_names[column]}")
+        return values[:, order]
+
+
+class SimulatedRobot:
+    """The robot's joints driven by one :class:`TrajectoryFollower` per controller, in embodiment order.
+
+    Joints no controller commands hold their initial positions. With ``gripper_in_metres`` the
+    controllers receive gripper values as finger travel in metres (converted with the embodiment's
+    gripper mapping); the measured state is always normalised, as ``joint_states`` carries it.
+    """
+
+    def __init__(
+        self,
+        embodiment: Embodiment,
+        controllers: Sequence[TrajectoryController],
+        initial_positions: ArrayLike,
+        time_constant: float,
+        now: float,
+        gripper_in_metres: bool = False,
+    ) -> None:
+        self.embodiment = embodiment
+        names = embodiment.joint_names
+        initial = _vector("initial_positions", initial_positions, len(names))
+        if not controllers:
+            raise ValueError("controllers: need at least one controller")
+        rates = {controller.update_rate_hz for controller in controllers}
+        if len(rates) != 1:
+            raise ValueError(f"controllers: expected one update rate, got {sorted(rates)}")
+        self.update_rate_hz = rates.pop()
+        lower, upper = embodiment.per_joint("position_lower"), embodiment.per_joint("position_upper")
+        self._initial = initial
+        self._columns: dict[str, np.ndarray] = {}
+        self.followers: dict[str, TrajectoryFollower] = {}
+        for controller in controllers:
+            unknown = [joint for joint in controller.joints if joint not in names]
+            if unknown:
+                raise ValueError(f"{controller.name}.joints: {unknown} are not joints of {embodiment.name} "
+                                 f"({list(names)})")
+            columns = np.array([names.index(joint) for joint in controller.joints])
+            self._columns[controller.name] = columns
+            self.followers[controller.name] = TrajectoryFollower(
+                controller.name, controller.joints, initial[columns], lower[columns], upper[columns],
+                controller.cmd_timeout, time_constant, now)
+        self._gripper_span = embodiment.gripper_open_m - embodiment.gripper_closed_m
+        self._metres = set(embodiment.gripper_joints) if gripper_in_metres else set()
+
+    def receive(self, controller: str, command: TrajectoryCommand, now: float) -> str:
+        """Hand ``command`` to ``controller``; see :meth:`TrajectoryFollower.receive`."""
+        return self.followers[controller].receive(self._normalised(command), now)
+
+    def update(self, now: float) -> dict[str, str]:
+        """Advance every controller to ``now``; controller name -> notice, for those that have one."""
+        notices = {name: follower.update(now) for name, follower in self.followers.items()}
+        return {name: notice for name, notice in notices.items() if notice}
+
+    @property
+    def positions(self) -> np.ndarray:
+        """Measured positions in embodiment order (grippers normalised)."""
+        return self._gather(lambda follower: follower.measured_positions, self._initial)
+
+    @property
+    def velocities(self) -> np.ndarray:
+        """Measured velocities in embodiment order (grippers normalised per second)."""
+        return self._gather(lambda follower: follower.measured_velocities, np.zeros_like(self._initial))
+
+    @property
+    def commanded_positions(self) -> np.ndarray:
+        """Commanded positions in embodiment order (grippers normalised)."""
+        return self._gather(lambda follower: follower.commanded[0], self._initial)
+
+    def statuses(self) -> Mapping[str, str]:
+        """Controller name -> :attr:`TrajectoryFollower.status`."""
+        return {name: follower.status for name, follower in self.followers.items()}
+
+    def _gather(self, read: Callable[[TrajectoryFollower], np.ndarray], base: np.ndarray) -> np.ndarray:
+        result = base.copy()
+        for name, follower in self.followers.items():
+            result[self._columns[name]] = read(follower)
+        return result
+
+    def _normalised(self, command: TrajectoryCommand) -> TrajectoryCommand:
+        """``command`` with gripper values in metres turned into normalised units (when so configured)."""
+        columns = [index for index, name in enumerate(command.joint_names) if name in self._metres]
+        if not columns:
+            return command
+        closed, span = self.embodiment.gripper_closed_m, self._gripper_span
+
+        def convert(values: tuple[float, ...], offset: float) -> tuple[float, ...]:
+            if len(values) != len(command.joint_names):
+                return values  # the follower rejects it, naming the field
+            return tuple((value - offset) / span if index in columns else value for index, value in enumerate(values))
+
+        points = tuple(
+            TrajectoryPoint(point.time_from_start, convert(point.positions, closed), convert(point.velocities, 0.0),
+                            convert(point.accelerations, 0.0), point.effort)
+            for point in command.points)
+        return TrajectoryCommand(command.joint_names, command.stamp, points)
+
+
+def _time_from_start(index: int, point: TrajectoryPoint) -> float:
+    value = point.time_from_start
+    if not (math.isfinite(value) and value >= 0.0):
+        raise CommandError(f"points[{index}].time_from_start: must be a finite duration >= 0 s, got {value}")
+    return float(value)
+
+
+def _checked_time(now: float) -> float:
+    if isinstance(now, bool) or not isinstance(now, (int, float)) or not math.isfinite(now):
+        raise ValueError(f"now: expected a finite time in seconds, got {now!r}")
+    return float(now)
+
+
+def _vector(name: str, values: ArrayLike, width: int) -> np.ndarray:
+    array = np.array(values, dtype=np.float64)
+    if array.shape != (width,) or not np.isfinite(array).all():
+        raise ValueError(f"{name}: expected {width} finite values, got {array.tolist()}")
+    return array
