@@ -26,8 +26,6 @@ import numpy as np
 
 from eva_training.artifacts import ARTIFACTS, separation_auc
 
-CALIBRATION_FILE = "calibration.json"
-
 
 @dataclass(frozen=True)
 class IDMEvalConfig:
@@ -123,6 +121,7 @@ def evaluate(config: IDMEvalConfig) -> dict:
     """Run the evaluation and write its outputs; returns the report."""
     from eva_idm.embodiment import load_embodiment
     from eva_idm.idm import load_checkpoint, read_checkpoint_config
+    from eva_idm.idm.checkpoint import CALIBRATION_FILE  # read back by eva_idm.idm.checkpoint.read_calibration
     from eva_idm.reward import RewardConfig, eva_reward
     from eva_training.plots import Series, plot_arm_trajectories
 

@@ -23,12 +23,19 @@ follows (see :func:`map_released_key`):
   classifier, which the released network kept but never called.
 
 Any other difference is an error: missing keys, unexpected keys, wrong shapes, non-finite values.
+
+A checkpoint may also hold ``calibration.json``, written by ``eva eval idm``
+(``eva_training.eval_idm``) from the IDM's measured first-frame error: ``joint_names`` and the
+per-joint ``max_start_offset`` the gate may remove rather than reject (plus statistics that are
+only reported). :func:`read_calibration` reads it; the IDM node uses it unless a parameter says
+otherwise.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import pickle
 from collections.abc import Callable, Mapping, Sequence
@@ -43,6 +50,7 @@ from eva_idm.idm.model import IDMConfig, ResNetPlusIDM
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+CALIBRATION_FILE = "calibration.json"
 CHECKPOINT_FORMAT = "eva_idm.resnet_plus.v1"
 RELEASED_BUFFER_NAMES = {"train_mean": "action_mean", "train_std": "action_std"}
 RELEASED_WRAPPER_PREFIXES = ("model.", "net.")
@@ -93,6 +101,57 @@ def read_checkpoint_config(directory: str | os.PathLike[str]) -> IDMConfig:
         return IDMConfig.from_dict(data)
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: {error}") from error
+
+
+@dataclasses.dataclass(frozen=True)
+class StartOffsetCalibration:
+    """The start-offset tolerance ``eva eval idm`` measured for an IDM (its ``calibration.json``).
+
+    Attributes:
+        joint_names: joint order of ``max_start_offset``.
+        max_start_offset: per joint, the largest decoded-first-pose error the gate treats as IDM
+            error (removed) rather than a wrong plan (rejected) [rad; grippers 0..1].
+    """
+
+    joint_names: tuple[str, ...]
+    max_start_offset: tuple[float, ...]
+
+
+def read_calibration(
+    directory: str | os.PathLike[str], expected_joint_names: Sequence[str] | None = None
+) -> StartOffsetCalibration | None:
+    """The checkpoint's ``calibration.json``, or None when it has none (an IDM not yet evaluated).
+
+    Keys other than ``joint_names`` and ``max_start_offset`` are statistics and are not read.
+
+    Raises:
+        CheckpointError: the file is not valid JSON, a key is missing or malformed, a tolerance is
+            not a finite number > 0, or its joint names differ from ``expected_joint_names``.
+    """
+    path = Path(directory) / CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: not valid JSON: {error}") from error
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    names, tolerances = data.get("joint_names"), data.get("max_start_offset")
+    if not isinstance(names, list) or not names or not all(isinstance(name, str) and name for name in names):
+        raise CheckpointError(f"{path}: joint_names must be a non-empty list of names, got {names!r}")
+    if not isinstance(tolerances, list) or len(tolerances) != len(names):
+        raise CheckpointError(
+            f"{path}: max_start_offset must be a list of {len(names)} numbers (one per joint), got {tolerances!r}"
+        )
+    for name, value in zip(names, tolerances, strict=True):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not (math.isfinite(value) and value > 0):
+            raise CheckpointError(f"{path}: max_start_offset of {name} must be a finite number > 0, got {value!r}")
+    if expected_joint_names is not None and tuple(expected_joint_names) != tuple(names):
+        raise CheckpointError(
+            f"{path}: joint_names {names} differ from the embodiment's {list(expected_joint_names)}"
+        )
+    return StartOffsetCalibration(tuple(names), tuple(float(value) for value in tolerances))
 
 
 def check_embodiment(
