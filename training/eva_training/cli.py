@@ -21,6 +21,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("eva_training.data", "Make training data in RoboTwin's HDF5 layout (synthetic MuJoCo episodes)."),
     "plan": ("eva_training.plan", "Imagine a video plan from an image and an instruction (best-of-N with the IDM)."),
     "convert": ("eva_training.convert", "Convert the released pickle checkpoints to safetensors directories, once."),
+    "bag": ("eva_training.bags", "Write RoboTwin-layout episodes into a rosbag2 bag (MCAP or sqlite3); list a bag."),
+    "replay": ("eva_training.replay", "Play a bag into the running stack and record its answers (needs ROS 2)."),
 }
 
 
