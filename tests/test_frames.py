@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -61,7 +62,11 @@ def test_encoding_rejects_an_unknown_format():
 @pytest.mark.parametrize(
     ("frame", "message"),
     [
-        (EncodedFrame("png", b"not a png"), r"frames\[1\]\.data: 9 bytes are not a decodable PNG"),
+        (EncodedFrame("png", b"not a png"), r"frames\[1\]\.data: 9 bytes do not start with the PNG signature"),
+        (EncodedFrame("png", b""), r"frames\[1\]\.data: 0 bytes do not start with the PNG signature"),
+        (EncodedFrame("png", cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes()),
+         r"frames\[1\]\.data: \d+ bytes do not start with the PNG signature"),
+        (EncodedFrame("png", b"\x89PNG\r\n\x1a\n" + bytes(20)), r"frames\[1\]\.data: 28 bytes are not a decodable PNG"),
         (EncodedFrame("rgb8", bytes(10)), r"frames\[1\]\.data: rgb8 frame has 10 bytes, expected 192"),
         (EncodedFrame("bgr8", bytes(192)), r"frames\[1\]\.format: unsupported frame format 'bgr8'"),
     ],

@@ -41,6 +41,9 @@ def check_rgb_frame(frame: np.ndarray, name: str = "frame") -> None:
         raise FrameError(f"{name}: shape must be (height, width, 3), got {frame.shape}")
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 def encode_frame(frame: np.ndarray, fmt: str = FORMAT_PNG, png_compression: int = 1) -> EncodedFrame:
     """Encode one RGB frame.
 
@@ -71,6 +74,9 @@ def decode_frame(encoded: EncodedFrame, height: int, width: int) -> np.ndarray:
         return np.frombuffer(encoded.data, np.uint8).reshape(height, width, 3)
     if encoded.format != FORMAT_PNG:
         raise FrameError(f"format: unsupported frame format {encoded.format!r}; use one of {SUPPORTED_FORMATS}")
+    # imdecode sniffs the content and would accept a JPEG (lossy pixels) labelled png, or raise on no bytes.
+    if not encoded.data.startswith(PNG_SIGNATURE):
+        raise FrameError(f"data: {len(encoded.data)} bytes do not start with the PNG signature")
     bgr = cv2.imdecode(np.frombuffer(encoded.data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
         raise FrameError(f"data: {len(encoded.data)} bytes are not a decodable PNG image")
