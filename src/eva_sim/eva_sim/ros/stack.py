@@ -92,6 +92,16 @@ class GoalOutcome:
         return self.status == GoalStatus.STATUS_SUCCEEDED
 
 
+@dataclass
+class PendingGoal:
+    """A sent goal: its fields, when it was sent, its handle and the feedback received so far."""
+
+    goal: Mapping[str, object]
+    sent_at: float
+    handle: object = None
+    feedback: list[ExecuteInstruction.Feedback] = field(default_factory=list)
+
+
 class StackClient:
     """An operator's rclpy node on the stack's domain; spins only inside its own calls."""
 
@@ -165,27 +175,36 @@ class StackClient:
         self.spin_until(lambda: self.recorded.joint_states, timeout, "joint_states")
         return self.recorded.joint_states[-1][1]
 
-    def execute(self, timeout: float, on_feedback: Callable[[ExecuteInstruction.Feedback], None] | None = None,
-                **goal: object) -> GoalOutcome:
-        """Send an ``eva/execute`` goal and wait for its result (``timeout`` covers everything)."""
+    def send_goal(self, on_feedback: Callable[[ExecuteInstruction.Feedback], None] | None = None,
+                  **goal: object) -> PendingGoal:
+        """Send an ``eva/execute`` goal; its feedback is collected while the client spins."""
         self.spin_until(lambda: self._execute.server_is_ready(), 60, "the eva/execute action server")
-        feedback: list[ExecuteInstruction.Feedback] = []
+        pending = PendingGoal(goal, time.monotonic())
 
         def received(message) -> None:
-            feedback.append(message.feedback)
+            pending.feedback.append(message.feedback)
             if on_feedback is not None:
                 on_feedback(message.feedback)
 
-        sent_at = time.monotonic()
         request = self._execute.send_goal_async(ExecuteInstruction.Goal(**goal), feedback_callback=received)
         self.spin_until(request.done, 30, "the goal to be accepted")
-        handle = request.result()
-        if not handle.accepted:
+        pending.handle = request.result()
+        if not pending.handle.accepted:
             raise StackError(f"eva/execute refused the goal {goal}")
-        result = handle.get_result_async()
-        self.spin_until(result.done, timeout, f"the result of goal {goal}")
+        return pending
+
+    def wait_result(self, pending: PendingGoal, timeout: float) -> GoalOutcome:
+        """Wait for a sent goal's result."""
+        result = pending.handle.get_result_async()
+        self.spin_until(result.done, timeout, f"the result of goal {pending.goal}")
         response = result.result()
-        return GoalOutcome(response.status, response.result, tuple(feedback), sent_at, time.monotonic())
+        return GoalOutcome(response.status, response.result, tuple(pending.feedback), pending.sent_at,
+                           time.monotonic())
+
+    def execute(self, timeout: float, on_feedback: Callable[[ExecuteInstruction.Feedback], None] | None = None,
+                **goal: object) -> GoalOutcome:
+        """Send an ``eva/execute`` goal and wait for its result (``timeout`` covers everything after sending)."""
+        return self.wait_result(self.send_goal(on_feedback, **goal), timeout)
 
     def estop(self, engaged: bool) -> float:
         """Publish the e-stop state; returns the steady-clock time it was published."""
