@@ -9,7 +9,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(exclude=["tests"]),
-    install_requires=["eva_idm", "eva_planner", "eva_sim", "numpy", "pyyaml", "tqdm", "rich"],
+    install_requires=["eva_idm", "eva_planner", "eva_sim", "numpy", "pyyaml", "tqdm", "rich", "rosbags"],
     zip_safe=False,
     entry_points={"console_scripts": ["eva = eva_training.cli:main"]},
 )

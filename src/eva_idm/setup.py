@@ -8,6 +8,10 @@ PACKAGE = "eva_idm"
 # The workspace's config/embodiments/*.yaml is the single source of embodiment limits; installs
 # built from the workspace carry a copy in share/ (a copy of this directory alone has none).
 EMBODIMENTS = sorted(glob("../../config/embodiments/*.yaml"))
+# The stack's parameter files and launch files, so that `ros2 launch eva_idm sim.launch.xml` finds
+# them through $(find-pkg-share eva_idm) on a robot.
+CONFIGS = sorted(glob("../../config/*.yaml"))
+LAUNCH_FILES = sorted(glob("../../launch/*.launch.xml"))
 
 setup(
     name=PACKAGE,
@@ -20,6 +24,8 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/config/embodiments", EMBODIMENTS),
+        (f"share/{PACKAGE}/config", CONFIGS),
+        (f"share/{PACKAGE}/launch", LAUNCH_FILES),
     ],
     install_requires=[
         "numpy", "scipy", "opencv-python-headless", "pyyaml", "h5py", "safetensors", "tqdm", "torch>=2.4",
