@@ -7,7 +7,7 @@ SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 PYTEST_ARGS ?=
 
-.PHONY: help setup build test lint demo bench-transport bench-idm shell run constraints clean
+.PHONY: help setup build test lint demo bench-transport bench-idm bench-loop shell run constraints clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -23,7 +23,7 @@ test: setup  ## run the whole test suite and lint (what CI runs)
 lint: setup  ## ruff (pyflakes, pycodestyle, pep257 docstrings, imports)
 	$(ENV) ruff check .
 
-demo: setup  ## run the main job on the built-in simulated robot and tiny models
+demo: setup  ## the closed loop on the simulated robot with tiny models (first run trains a small IDM, ~5 min)
 	$(ENV) python scripts/demo.py
 
 bench-transport: setup  ## DDS latency/throughput of images and plans -> benchmarks/results/
@@ -31,6 +31,9 @@ bench-transport: setup  ## DDS latency/throughput of images and plans -> benchma
 
 bench-idm: setup  ## synthesise 350 episodes, train the IDM for 30 min on CPU, evaluate -> benchmarks/results/
 	$(ENV) python benchmarks/idm.py
+
+bench-loop: setup  ## closed-loop latency per stage, ROS overhead ratio, e-stop reaction -> benchmarks/results/
+	$(ENV) python benchmarks/loop.py
 
 shell: setup  ## an interactive shell inside the workspace environment
 	$(ENV) exec bash -i

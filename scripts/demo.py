@@ -1,34 +1,48 @@
-"""`make demo`: the stack's message flow between real ROS 2 processes, with a readable summary.
+"""`make demo`: the closed loop on the simulated aloha-agilex with tiny models, in a few minutes on a CPU.
 
-At this stage of the project the demo exercises the transport the closed loop will run on:
-a separate process publishes 49-frame 480x640 video plans (PNG, SHA-256) that this process
-receives, verifies and writes out as a GIF; then an `eva/execute` goal runs against a scripted
-action peer with feedback per phase. Results go to demo_out/.
+1. A small IDM is trained once on synthetic episodes of the simulated arms and cached (the command
+   lines that reproduce it are printed); the gate keeps the robot's thresholds.
+2. The stack of launch/sim.launch.xml (sim robot, controller bridge, IDM node, planner, lifecycle
+   manager) runs with the tiny random world model: an instruction through ``eva/execute`` is
+   planned, decoded and rejected by the gate, with the reason.
+3. The same stack runs with the oracle planner, which serves a synthetic episode's video as the
+   plan (EVA's "IDM on ground-truth video"): decoded, accepted, executed on the simulated arms.
+
+Writes demo_out/: the plan video (MP4 and GIF), decode vs executed spline vs measured joints per
+arm (PNG), a JSON report with tracking errors, the run as MCAP, and every node's log.
 """
 
 from __future__ import annotations
 
 import json
-import math
+import shutil
+import sys
 import time
 from pathlib import Path
 
-import imageio.v3 as iio
-import rclpy
+import numpy as np
+import yaml
 from domain_coordinator import domain_id
-from rclpy.action import ActionClient
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy
 
+from eva_idm.embodiment import load_embodiment
+from eva_idm.idm import load_checkpoint
 from eva_idm.ros.conversions import decode_visual_plan
+from eva_idm.trajectory import Trajectory, sample_uniform
 from eva_msgs.action import ExecuteInstruction
-from eva_msgs.msg import VisualPlan
-from eva_sim.processes import NodeProcess, find_executable, ros_environment
+from eva_sim.ros.stack import GoalOutcome, StackClient, launched_stack
+from eva_training.demo_assets import choose_oracle_episode, ensure_demo_idm
+from eva_training.plots import Series, plot_arm_trajectories
 
-OUT = Path(__file__).resolve().parents[1] / "demo_out"
-PLANS = 3
-PHASES = {0: "waiting for image", 1: "planning", 2: "gating", 3: "executing"}
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "demo_out"
+CACHE = ROOT / ".cache" / "eva-demo"
+LAUNCH = ROOT / "launch" / "sim.launch.xml"
+MANAGED = ("controller_bridge", "idm_node", "planner_node")
+ORACLE_FRAMES = 49
+PHASES = {0: "waiting for an image", 1: "planning", 2: "gating", 3: "executing"}
+RESULTS = {getattr(ExecuteInstruction.Result, name): name for name in dir(ExecuteInstruction.Result)
+           if name.isupper() and isinstance(getattr(ExecuteInstruction.Result, name), int)}
+RESULTS[ExecuteInstruction.Result.NONE] = "SUCCEEDED"
 
 
 def say(text: str) -> None:
@@ -36,94 +50,183 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-def spin_until(executor: SingleThreadedExecutor, predicate, timeout: float, what: str) -> None:
-    """Spin until ``predicate()`` holds, or stop the demo with a message naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"demo: timed out after {timeout:.0f} s waiting for {what}")
-        executor.spin_once(timeout_sec=0.05)
+def write_config(directory: Path, oracle_episode: Path, start_pose: np.ndarray, camera: tuple[int, int]) -> None:
+    """``config/`` copied to ``directory`` with the demo's values: oracle episode, start pose, camera size."""
+    shutil.copytree(ROOT / "config", directory, dirs_exist_ok=True)
+
+    def update(name: str, node: str, values: dict) -> None:
+        path = directory / name
+        document = yaml.safe_load(path.read_text()) if path.exists() else {node: {"ros__parameters": {}}}
+        document[node]["ros__parameters"].update(values)
+        path.write_text(yaml.safe_dump(document, sort_keys=False))
+
+    update("sim_robot.yaml", "sim_robot", {"initial_positions": [float(value) for value in start_pose],
+                                           "camera_height": camera[0], "camera_width": camera[1]})
+    tiny = yaml.safe_load((ROOT / "config" / "planner_tiny.yaml").read_text())["planner_node"]["ros__parameters"]
+    (directory / "planner_oracle.yaml").write_text(yaml.safe_dump({"planner_node": {"ros__parameters": {
+        **tiny, "model": f"oracle:{oracle_episode}", "num_frames": ORACLE_FRAMES, "height": camera[0],
+        "width": camera[1]}}}, sort_keys=False))
 
 
-def receive_plans(node: Node, executor: SingleThreadedExecutor, env: dict[str, str]) -> list[dict]:
-    """Step 1: plans from another process, checked frame by frame."""
-    say(f"\n[1/2] Video plans: a separate process publishes {PLANS} plans of 49 PNG frames (480x640) on eva/plan")
-    received: list[tuple[VisualPlan, int]] = []
-    node.create_subscription(VisualPlan, "eva/plan", lambda plan: received.append((plan, time.time_ns())),
-                             QoSProfile(depth=PLANS, reliability=ReliabilityPolicy.RELIABLE))
-    command = [find_executable("eva_sim", "transport_probe"), "send", "--kind", "plan", "--count", str(PLANS),
-               "--instruction", "stack the bowls", "--seed", "3"]
-    with NodeProcess(command, OUT / "logs" / "plan_sender.log", env):
-        spin_until(executor, lambda: len(received) == PLANS, 120, f"{PLANS} plans")
-    rows = []
-    for plan, arrived_ns in received:
-        stamp_ns = plan.header.stamp.sec * 1_000_000_000 + plan.header.stamp.nanosec
-        started = time.perf_counter()
-        frames = decode_visual_plan(plan)  # raises if the hash or any frame is wrong
-        png_bytes = sum(len(frame.data) for frame in plan.frames)
-        rows.append({"plan_id": plan.plan_id, "frames": len(plan.frames), "png_bytes": png_bytes,
-                     "latency_ms": (arrived_ns - stamp_ns) / 1e6, "decode_s": time.perf_counter() - started,
-                     "sha256_ok": True})
-        say(f"      plan {plan.plan_id[:8]}: {len(plan.frames)} frames, {rows[-1]['png_bytes'] / 1e6:.1f} MB PNG, "
-            f"delivered in {rows[-1]['latency_ms']:.0f} ms, hash verified, decoded in {rows[-1]['decode_s']:.2f} s")
-    iio.imwrite(OUT / "plan.gif", frames[::2, ::2, ::2], duration=1000 / 16, loop=0)
-    say(f"      wrote {OUT.name}/plan.gif (the last plan's frames)")
-    return rows
+def run_goal(client: StackClient, instruction: str, timeout: float) -> GoalOutcome:
+    """Send one ``eva/execute`` goal, printing each phase as the planner reports it."""
+    seen: list[int] = []
+
+    def show(feedback: ExecuteInstruction.Feedback) -> None:
+        if not seen or feedback.phase != seen[-1]:
+            seen.append(feedback.phase)
+            say(f"      ... {PHASES.get(feedback.phase, feedback.phase)}")
+
+    say(f"    goal: {instruction!r}")
+    outcome = client.execute(timeout, show, instruction=instruction)
+    result = outcome.result
+    say(f"    result: {RESULTS.get(result.error_code, result.error_code)} after "
+        f"{outcome.ended_at - outcome.sent_at:.1f} s; EVA reward {result.report.reward:.2f}")
+    say(f"    reason: {result.error_msg or result.report.reason}")
+    return outcome
 
 
-def execute_instruction(node: Node, executor: SingleThreadedExecutor, env: dict[str, str]) -> dict:
-    """Step 2: one eva/execute goal with feedback through a scripted action peer."""
-    say("\n[2/2] Action: eva/execute goal 'put the cup on the plate' (served by a scripted peer process)")
-    command = [find_executable("eva_sim", "transport_probe"), "serve-execute", "--steps", "3"]
-    with NodeProcess(command, OUT / "logs" / "execute_server.log", env):
-        client = ActionClient(node, ExecuteInstruction, "eva/execute")
-        spin_until(executor, client.server_is_ready, 60, "the eva/execute server")
-        phases: list[str] = []
-
-        def on_feedback(message) -> None:
-            phase = PHASES.get(message.feedback.phase, str(message.feedback.phase))
-            if not phases or phases[-1] != phase:
-                phases.append(phase)
-                reward = message.feedback.reward
-                say(f"      feedback: {phase}" + ("" if math.isnan(reward) else f" (reward {reward:.2f})"))
-
-        goal = ExecuteInstruction.Goal(instruction="put the cup on the plate", seed=-1)
-        sent = client.send_goal_async(goal, feedback_callback=on_feedback)
-        spin_until(executor, sent.done, 30, "goal acceptance")
-        result_future = sent.result().get_result_async()
-        spin_until(executor, result_future.done, 60, "the result")
-        result = result_future.result().result
-    say(f"      result: error_code {result.error_code} ({'success' if result.error_code == 0 else result.error_msg})")
-    return {"phases": phases, "error_code": result.error_code, "plan_id": result.plan_id}
-
-
-def main() -> None:
-    """Run both steps on a free ROS domain and write demo_out/transport_summary.json."""
-    (OUT / "logs").mkdir(parents=True, exist_ok=True)
-    say("EVA for ROS 2 demo: message flow between real ROS 2 processes over Fast DDS (this machine only)")
-    with domain_id() as domain:
-        env = ros_environment(domain)
-        context = rclpy.Context()
-        rclpy.init(context=context, domain_id=domain)
-        node = Node("eva_demo", context=context)
-        executor = SingleThreadedExecutor(context=context)
-        executor.add_node(node)
+def run_stack(config_dir: Path, planner_config: Path, checkpoint: Path, logs: Path,
+              instruction: str) -> tuple[GoalOutcome, StackClient]:
+    """Start the sim stack, send one goal, and return its outcome with the client's recordings."""
+    arguments = {"config_dir": str(config_dir), "planner_config": str(planner_config),
+                 "idm_checkpoint": str(checkpoint)}
+    with domain_id() as domain, launched_stack(LAUNCH, arguments, logs, domain):
+        client = StackClient(domain)
         try:
-            summary = {"ros_domain_id": domain, "plans": receive_plans(node, executor, env),
-                       "execute": execute_instruction(node, executor, env)}
+            say("    starting sim_robot, controller_bridge, idm_node, planner_node, lifecycle_manager ...")
+            client.wait_active(MANAGED, timeout=300)
+            client.wait_for_joint_states()
+            outcome = run_goal(client, instruction, timeout=300)
+            client.spin_for(1.0)  # the last statuses and joint states
         finally:
-            executor.shutdown()
-            node.destroy_node()
-            context.try_shutdown()
-    (OUT / "transport_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    latencies = sorted(row["latency_ms"] for row in summary["plans"])
-    say("\nSummary")
-    median = latencies[len(latencies) // 2]
-    say(f"  plans delivered intact: {len(summary['plans'])}/{PLANS}, median latency {median:.0f} ms")
-    say(f"  eva/execute phases: {' -> '.join(summary['execute']['phases'])}; "
-        f"result {'succeeded' if summary['execute']['error_code'] == 0 else 'failed'}")
-    say(f"  report: {OUT.name}/transport_summary.json, plan video: {OUT.name}/plan.gif, logs: {OUT.name}/logs/")
+            client.close()
+    return outcome, client
+
+
+def seconds(stamp: object) -> float:
+    """A ``builtin_interfaces`` Time or Duration in seconds."""
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def executed_series(client: StackClient, plan_id: str) -> tuple[Series, Series, np.ndarray] | None:
+    """Commanded spline and measured joints of the executed plan, on the command's sim-time axis."""
+    commands = [message for _, _, message in client.recorded.commands if message.points]
+    gated = next((message for _, message in client.recorded.gated_plans if message.plan_id == plan_id), None)
+    if not commands or gated is None:
+        return None
+    start = seconds(commands[0].header.stamp)
+    trajectory = gated.trajectory
+    planned = Trajectory(tuple(trajectory.joint_names),
+                         np.array([seconds(point.time_from_start) for point in trajectory.points]),
+                         np.array([p.positions for p in trajectory.points]),
+                         np.array([p.velocities for p in trajectory.points]))
+    times, positions, _, _ = sample_uniform(planned, 100.0)
+    measured_times, measured = [], []
+    for _, state in client.recorded.joint_states:
+        stamp = seconds(state.header.stamp) - start
+        if -0.5 <= stamp <= times[-1] + 1.0:
+            order = [list(state.name).index(name) for name in trajectory.joint_names]
+            measured_times.append(stamp)
+            measured.append(np.asarray(state.position)[order])
+    measured = np.array(measured)
+    commanded_at_measured = np.array([np.interp(measured_times, times, positions[:, joint])
+                                      for joint in range(positions.shape[1])]).T
+    tracking = np.abs(measured - commanded_at_measured)
+    return (Series("executed spline (commanded)", times, positions),
+            Series("measured (sim joint_states)", np.array(measured_times), measured), tracking)
+
+
+def write_mcap(client: StackClient, path: Path) -> dict[str, int]:
+    """Everything the client received, as an MCAP Foxglove opens (log time = arrival, wall clock)."""
+    from rclpy.serialization import serialize_message
+
+    from eva_training.bags import BagWriter
+
+    wall_offset = time.time() - time.monotonic()
+    recorded = client.recorded
+    streams = [("/joint_states", "sensor_msgs/msg/JointState", recorded.joint_states),
+               ("/eva/plan", "eva_msgs/msg/VisualPlan", recorded.plans),
+               ("/eva/executability", "eva_msgs/msg/ExecutabilityReport", recorded.reports),
+               ("/eva/gated_plan", "eva_msgs/msg/GatedPlan", recorded.gated_plans),
+               ("/eva/execution_status", "eva_msgs/msg/ExecutionStatus", recorded.statuses)]
+    messages = [(at, topic, msgtype, message) for topic, msgtype, items in streams for at, message in items]
+    messages += [(at, f"/{topic}", "trajectory_msgs/msg/JointTrajectory", message)
+                 for at, topic, message in recorded.commands]
+    with BagWriter(path) as writer:
+        for at, topic, msgtype, message in sorted(messages, key=lambda item: item[0]):
+            writer.write_raw(topic, serialize_message(message), int((at + wall_offset) * 1e9), msgtype)
+        return dict(writer.counts)
+
+
+def write_outputs(client: StackClient, outcome: GoalOutcome, checkpoint: Path, rejected: GoalOutcome) -> dict:
+    """The plan video, the decode/spline/measured PNG and the JSON report; returns the report."""
+    import imageio.v3 as iio
+
+    embodiment = load_embodiment("aloha_agilex")
+    plan = next(message for _, message in client.recorded.plans if message.plan_id == outcome.result.plan_id)
+    frames = decode_visual_plan(plan)
+    iio.imwrite(OUT / "plan.mp4", frames, plugin="FFMPEG", fps=plan.fps, codec="libx264")
+    iio.imwrite(OUT / "plan.gif", frames, extension=".gif", duration=1000.0 / plan.fps, loop=0)
+    idm = load_checkpoint(checkpoint, embodiment.name, embodiment.joint_names)
+    decoded = idm.decode_video(frames, fps=plan.fps).numpy()
+    series = [Series("raw IDM decode (plan time)", np.arange(len(decoded)) / plan.fps, decoded)]
+    executed = executed_series(client, plan.plan_id)
+    report = {"rejected_plan": {"instruction": "tiny world model", "result": RESULTS[rejected.result.error_code],
+                                "reason": rejected.result.report.reason or rejected.result.error_msg,
+                                "reward": rejected.result.report.reward},
+              "oracle_plan": {"plan_id": plan.plan_id, "model_id": plan.model_id,
+                              "result": RESULTS[outcome.result.error_code], "reason": outcome.result.error_msg,
+                              "gate": outcome.result.report.reason, "reward": outcome.result.report.reward,
+                              "time_scale": outcome.result.report.time_scale,
+                              "goal_seconds": outcome.ended_at - outcome.sent_at}}
+    if executed is not None:
+        commanded, measured, tracking = executed
+        series += [commanded, measured]
+        report["tracking_error"] = {
+            "max_per_joint": dict(zip(embodiment.joint_names, tracking.max(axis=0).round(4).tolist(), strict=True)),
+            "mean_per_joint": dict(zip(embodiment.joint_names, tracking.mean(axis=0).round(4).tolist(), strict=True)),
+            "max": float(tracking.max()), "unit": "rad (grippers 0..1)"}
+        statuses = client.recorded.statuses_for(plan.plan_id)
+        report["bridge_max_tracking_error"] = max((status.max_tracking_error for status in statuses), default=None)
+    plot_arm_trajectories(series, embodiment, f"oracle plan {plan.model_id}: decode, executed spline, measured",
+                          OUT / "joints.png")
+    report["mcap_messages"] = write_mcap(client, OUT / "run.mcap")
+    (OUT / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def main() -> int:
+    """Run the demo; 0 when the tiny plan was rejected and the oracle plan executed."""
+    started = time.monotonic()
+    shutil.rmtree(OUT, ignore_errors=True)
+    OUT.mkdir(parents=True)
+    say("EVA demo: the closed loop on the simulated aloha-agilex, with tiny models on this CPU.")
+    say("\n[1/3] The demo's IDM (trained once on synthetic episodes, then cached in .cache/eva-demo)")
+    assets = ensure_demo_idm(CACHE)
+    say("    reproduce it with:\n" + "\n".join(f"      {command}" for command in assets.commands))
+    choice = choose_oracle_episode(assets, ORACLE_FRAMES)
+    accepted = sum(verdict.executable for verdict in choice.verdicts.values())
+    say(f"    oracle episode {choice.record.episode_id} ({accepted} of {len(choice.verdicts)} episodes checked "
+        "pass the gate offline)")
+    config_dir = OUT / "config"
+    write_config(config_dir, choice.record.files.hdf5_path, choice.record.actions[0], choice.record.image_size)
+
+    say("\n[2/3] Tiny random world model -> IDM -> gate (its plans are noise: the gate must say no, and why)")
+    rejected, _ = run_stack(config_dir, config_dir / "planner_tiny.yaml", assets.checkpoint, OUT / "logs" / "tiny",
+                            "pick up the red block")
+    say("\n[3/3] Oracle plan (a synthetic episode's video) -> IDM -> gate -> bridge -> simulated arms")
+    instruction = choice.record.instructions.seen[0] if choice.record.instructions.seen else "Move both arms."
+    executed, client = run_stack(config_dir, config_dir / "planner_oracle.yaml", assets.checkpoint,
+                                 OUT / "logs" / "oracle", instruction)
+    report = write_outputs(client, executed, assets.checkpoint, rejected)
+    ok = rejected.result.error_code == ExecuteInstruction.Result.REJECTED_BY_GATE and executed.succeeded
+    say(f"\nSummary ({time.monotonic() - started:.0f} s): tiny plan {report['rejected_plan']['result']}; "
+        f"oracle plan {report['oracle_plan']['result']}"
+        + (f", max tracking error {report['tracking_error']['max']:.3f}" if "tracking_error" in report else ""))
+    say(f"Outputs in {OUT.relative_to(ROOT)}/: plan.mp4, plan.gif, joints.png, report.json, run.mcap, logs/")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
