@@ -101,11 +101,11 @@ def ensure_demo_idm(cache_root: Path, recipe: DemoRecipe = DemoRecipe()) -> Demo
     commands = reproduce_commands(recipe, data_dir, run_dir)
     marker = root / ASSETS_FILE
     if marker.is_file():
-        return DemoAssets(Path(json.loads(marker.read_text())["checkpoint"]), data_dir, commands)
+        return DemoAssets(root / json.loads(marker.read_text())["checkpoint"], data_dir, commands)
     if not (data_dir / "synth_reach").exists():
         synthesize(recipe.synth_config(data_dir))
     checkpoint = train(recipe.train_config(data_dir, run_dir), command=commands[1])
-    marker.write_text(json.dumps({"checkpoint": str(checkpoint), "recipe": asdict(recipe),
+    marker.write_text(json.dumps({"checkpoint": str(Path(checkpoint).relative_to(root)), "recipe": asdict(recipe),
                                   "commands": commands}, indent=1) + "\n")
     return DemoAssets(checkpoint, data_dir, commands)
 
