@@ -24,17 +24,16 @@ import functools
 import threading
 from collections.abc import Callable
 
-import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 from eva_idm.motion import Verdict
 from eva_idm.plan_gate import YAML_HINT, IDMNodeConfig, PlanGate
 from eva_idm.ros import report
+from eva_idm.ros.executable import run_node
 from eva_idm.ros.parameters import declare_parameters, read_config
 from eva_msgs.msg import ExecutabilityReport, GatedPlan, VisualPlan
 
@@ -159,20 +158,9 @@ class IDMNode(LifecycleNode):
                                                      self.get_clock().now().to_msg()))
 
 
-def main(args: list[str] | None = None) -> None:
+def main(args: list[str] | None = None) -> int:
     """Entry point of the ``idm_node`` executable."""
-    rclpy.init(args=args)
-    node = IDMNode()
-    executor = MultiThreadedExecutor(num_threads=3)  # the plan group, the default group, a spare
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-
+    return run_node("idm_node", IDMNode, num_threads=3, args=args)  # the plan group, the default group, a spare
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

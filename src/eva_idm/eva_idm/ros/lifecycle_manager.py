@@ -17,19 +17,18 @@ from __future__ import annotations
 import threading
 import time
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from lifecycle_msgs.msg import State, Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.client import Client
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from std_srvs.srv import Trigger
 
 from eva_idm import lifecycle
 from eva_idm.lifecycle import LifecycleManagerConfig, TransitionError
+from eva_idm.ros.executable import run_node
 from eva_idm.ros.parameters import declare_parameters, read_config
 
 STATE_NAMES = {State.PRIMARY_STATE_UNCONFIGURED: lifecycle.UNCONFIGURED,
@@ -188,24 +187,17 @@ class LifecycleManager(Node):
         self._diagnostics.publish(message)
 
 
-def main(args: list[str] | None = None) -> None:
+def main(args: list[str] | None = None) -> int:
     """Entry point of the ``lifecycle_manager`` executable; exits with 1 on invalid parameters."""
-    rclpy.init(args=args)
+    return run_node("lifecycle_manager", _started_manager, num_threads=3, args=args)  # work, client responses, spare
+
+
+def _started_manager() -> LifecycleManager:
     node = LifecycleManager()
     if node.config is None:
         node.destroy_node()
-        rclpy.try_shutdown()
-        raise SystemExit(1)
-    executor = MultiThreadedExecutor(num_threads=3)  # the work group, the client responses, a spare
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-
+        raise ValueError("invalid parameters (see the error above)")
+    return node
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

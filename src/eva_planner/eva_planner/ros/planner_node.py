@@ -20,18 +20,17 @@ import time
 import uuid
 from collections.abc import Callable
 
-import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.action.server import ServerGoalHandle
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 
+from eva_idm.ros.executable import run_node
 from eva_idm.ros.parameters import declare_parameters, read_config
 from eva_msgs.action import ExecuteInstruction
 from eva_msgs.msg import ExecutabilityReport, ExecutionStatus, VisualPlan
@@ -249,20 +248,9 @@ class PlannerNode(LifecycleNode):
         self._diagnostics.publish(message)
 
 
-def main(args: list[str] | None = None) -> None:
+def main(args: list[str] | None = None) -> int:
     """Entry point of the ``planner_node`` executable."""
-    rclpy.init(args=args)
-    node = PlannerNode()
-    executor = MultiThreadedExecutor(num_threads=4)  # a goal, an instruction, the default group, a spare
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-
+    return run_node("planner_node", PlannerNode, num_threads=4, args=args)  # a goal, an instruction, default, spare
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -25,10 +25,8 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-import rclpy
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rosgraph_msgs.msg import Clock
@@ -36,6 +34,7 @@ from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory
 
 from eva_idm.embodiment import Embodiment
+from eva_idm.ros.executable import run_node
 from eva_idm.ros.parameters import declare_parameters, read_config
 from eva_sim.follower import CommandError, TrajectoryCommand, TrajectoryPoint
 from eva_sim.sim_config import SimRobotConfig, build_sim_robot
@@ -208,24 +207,7 @@ class SimRobot(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of the ``sim_robot`` executable; 1 when the parameters or the models are bad."""
-    rclpy.init(args=args)
-    try:
-        node = SimRobot()
-    except Exception as error:  # noqa: BLE001 (any start failure is reported with its reason)
-        rclpy.logging.get_logger("sim_robot").fatal(f"cannot start: {error}")
-        rclpy.try_shutdown()
-        return 1
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
-
+    return run_node("sim_robot", SimRobot, num_threads=1, args=args)
 
 if __name__ == "__main__":
     raise SystemExit(main())
