@@ -391,7 +391,7 @@ def test_the_plan_is_checked_again_at_the_start_with_the_pose_measured_then():
 
 
 @pytest.mark.parametrize(("disturbance", "code", "reason"), [
-    ("lag", Code.TRACKING_ERROR, "fl_joint1 measured .* \\|error\\| 0.15 > tolerance 0.1; every controller holds"),
+    ("lag", Code.TRACKING_ERROR, "fl_joint1 measured .* \\|error\\| 0.2 > tolerance 0.15; every controller holds"),
     ("silence", Code.JOINT_STATES_STALE, "while executing: newest joint_states is 0.5[0-9]* s old"),
     ("nan", Code.JOINT_STATES_IMPLAUSIBLE, "while executing: joint_states: non-finite position nan of fr_joint6"),
     ("stuck", Code.TRACKING_ERROR, "goal not reached within goal_time 0.5 s after the end: fl_joint[1-6] at "),
@@ -402,7 +402,7 @@ def test_execution_faults_abort_the_plan_and_hold_both_arms(disturbance, code, r
     bridge.submit(plan(trajectory), T0)
     now = robot.follow(T0 + 100 * MS, trajectory, T0 + 500 * MS, T0)
     if disturbance == "lag":
-        robot.follow(T0 + 100 * MS, trajectory, T0 + 600 * MS, now, offset=np.where(np.arange(14) == 0, 0.15, 0.0))
+        robot.follow(T0 + 100 * MS, trajectory, T0 + 600 * MS, now, offset=np.where(np.arange(14) == 0, 0.2, 0.0))
     elif disturbance == "silence":
         for stamp in range(now, now + NS_PER_S, 10 * MS):
             bridge.tick(stamp)

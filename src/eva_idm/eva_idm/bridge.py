@@ -15,7 +15,7 @@ One plan at a time, stop-and-go (DESIGN.md §3)::
        |--checks fail again with the pose measured now--> REJECTED (code, reason)
        v  every controller gets its slice, point 0 = measured pose, one start stamp now + start_delay
     EXECUTING (progress at status_rate) --tracking error / stale or implausible joint_states /
-       |                                  goal not reached within goal_time--> ABORTED; every controller holds
+       |                                  goal not measured within goal_time--> ABORTED; every controller holds
        v  measured (at a stamp >= end + settle_time) within the goal tolerances
     SUCCEEDED
 
@@ -321,7 +321,7 @@ class ControllerBridge:
                                        "tolerances", 1.0, execution.max_error))
             return
         deadline_ns = execution.end_ns + round(max(self.config.settle_time, self.checker.goal_time) * NS_PER_S)
-        if now_ns > deadline_ns:
+        if reading.stamp_ns > deadline_ns:  # judged on measurements; their absence is the staleness check's
             joint = int(np.argmax(goal_error / self._goal_tolerance))
             self._end_locked(Code.TRACKING_ERROR, (
                 f"goal not reached within goal_time {self.checker.goal_time:g} s after the end: {names[joint]} "

@@ -47,7 +47,7 @@ class BridgeConfig:
     standstill_velocity: float = setting(0.01, "|joint velocity| below which a joint counts as still [rad/s]")
     standstill_window: float = setting(0.5, "how long every joint must be still before a plan starts [s]")
     standstill_timeout: float = setting(5.0, "an accepted plan whose robot is not still by then is rejected [s]")
-    tracking_tolerance: float = setting(0.1, "largest |measured - commanded| of an arm joint while executing [rad]")
+    tracking_tolerance: float = setting(0.15, "largest |measured - commanded| of an arm joint while executing [rad]")
     gripper_tracking_tolerance: float = setting(0.5, "largest |measured - commanded| of a gripper while executing "
                                                 "[normalised 0..1]")
     goal_tolerance: float = setting(0.02, "largest |measured - final point| of an arm joint to succeed [rad]")

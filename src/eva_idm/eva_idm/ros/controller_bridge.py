@@ -1,0 +1,263 @@
+"""``controller_bridge``: accepted plans in, arm controller commands out, behind a final safety check.
+
+A lifecycle node in its own process (DESIGN.md §2: the GIL means callback groups alone cannot
+protect an e-stop from inference in the same process). Configure reads the parameters into
+:class:`~eva_idm.bridge_config.BridgeConfig`, the embodiment and the ros2_control controller YAML
+(failing, with the reason logged, on a bad one, e.g. ``cmd_timeout <= goal_time``); activate
+enables the controller and status publishers; deactivate and shutdown make every controller hold
+if a plan is executing. The decisions are :class:`~eva_idm.bridge.ControllerBridge`'s; this node
+converts messages and wires the topics.
+
+Threads: a ``MultiThreadedExecutor``. The e-stop and ``eva/rearm`` have their own callback group,
+so no plan check or monitoring tick can delay them; ``joint_states`` has another; plans and the
+monitoring timer share a third. All stamps and ages use the node clock (``/clock`` under
+``use_sim_time``).
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+from collections.abc import Callable, Sequence
+
+import rclpy
+from builtin_interfaces.msg import Duration, Time
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.duration import Duration as RclpyDuration
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.signals import SignalHandlerOptions
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from eva_idm.bridge import ControllerBridge, Status
+from eva_idm.bridge_checks import NS_PER_S, Code, ControllerCommand, JointStateInput, PlanChecker, PlanInput, PointInput
+from eva_idm.bridge_config import YAML_HINT, BridgeConfig, load_bridge_setup
+from eva_idm.ros.parameters import declare_parameters, read_config
+from eva_msgs.msg import ExecutionStatus, GatedPlan
+
+PLANS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+COMMANDS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+LATCHED = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+ESTOP = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+FLUSH_S = 1.0  # how long a hold sent on the way out may take to be acknowledged [s]
+
+
+class ControllerBridgeNode(LifecycleNode):
+    """The lifecycle node around :class:`~eva_idm.bridge.ControllerBridge` (see the module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__("controller_bridge")
+        self._parameter_errors = declare_parameters(self, BridgeConfig)
+        self._bridge: ControllerBridge | None = None
+        self._active = False
+        self._teardown: list[Callable[[], object]] = []
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Read parameters, embodiment and controllers; FAILURE (with the reason logged) leaves it unconfigured."""
+        try:  # rclpy would turn an exception into ERROR without a word; log the reason instead
+            config = read_config(self, BridgeConfig, self._parameter_errors, YAML_HINT)
+            embodiment, controllers = load_bridge_setup(config)
+        except Exception as error:  # noqa: BLE001 (whatever is wrong with the configuration fails configure)
+            self.get_logger().error(f"configure failed: {error}")
+            return TransitionCallbackReturn.FAILURE
+        checker = PlanChecker(config, embodiment, controllers)
+        self._commands = {controller.name: self.create_lifecycle_publisher(JointTrajectory, controller.topic,
+                                                                           COMMANDS)
+                          for controller in controllers}
+        self._status = self.create_lifecycle_publisher(ExecutionStatus, "eva/execution_status", LATCHED)
+        self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._bridge = ControllerBridge(checker, self)
+        safety, joints, work = (MutuallyExclusiveCallbackGroup() for _ in range(3))
+        subscriptions = [
+            self.create_subscription(Bool, "eva/estop", self._on_estop, ESTOP, callback_group=safety),
+            self.create_subscription(JointState, "joint_states", self._on_joint_state, qos_profile_sensor_data,
+                                     callback_group=joints),
+            self.create_subscription(GatedPlan, "eva/gated_plan", self._on_plan, PLANS, callback_group=work),
+        ]
+        service = self.create_service(Trigger, "eva/rearm", self._on_rearm, callback_group=safety)
+        timers = [self.create_timer(1.0 / config.monitor_rate, self._on_tick, callback_group=work),
+                  self.create_timer(config.diagnostics_period, self._publish_diagnostics)]
+        self._teardown = [
+            *(functools.partial(self.destroy_lifecycle_publisher, publisher)
+              for publisher in (*self._commands.values(), self._status)),
+            functools.partial(self.destroy_publisher, self._diagnostics),
+            *(functools.partial(self.destroy_subscription, subscription) for subscription in subscriptions),
+            functools.partial(self.destroy_service, service),
+            *(functools.partial(self.destroy_timer, timer) for timer in timers),
+        ]
+        self.get_logger().info(f"configured: {embodiment.name}, {config.controller_layout} layout "
+                               f"({', '.join(self._commands)}) at {checker.rate_hz:g} Hz, goal_time "
+                               f"{checker.goal_time:g} s")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Enable the controller and status publishers, and take plans."""
+        result = super().on_activate(state)
+        self._active = True
+        return result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop taking plans; an executing plan is aborted and every controller holds."""
+        self._active = False
+        self.hold("controller_bridge deactivated")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Destroy the interfaces and forget the configuration."""
+        for destroy in reversed(self._teardown):
+            destroy()
+        self._teardown.clear()
+        self._bridge = None
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Hold every controller if a plan is executing, then clean up, from any state."""
+        self._active = False
+        self.hold("controller_bridge shutting down")
+        return self.on_cleanup(state)
+
+    def hold(self, reason: str) -> None:
+        """End the plan (if any) with CANCELLED, every controller holding; wait until the holds are delivered."""
+        if self._bridge is not None and self._bridge.busy:
+            self._bridge.stop(reason, self._now_ns())
+            for publisher in self._commands.values():
+                publisher.wait_for_all_acked(RclpyDuration(seconds=FLUSH_S))
+
+    def send(self, commands: Sequence[ControllerCommand]) -> None:
+        """Publish one trajectory per controller (the bridge's output)."""
+        for command in commands:
+            self._commands[command.controller].publish(trajectory_message(command))
+        if commands and commands[0].is_hold:
+            self.get_logger().warning(f"sent hold (empty trajectory) to {', '.join(self._commands)}")
+
+    def report(self, status: Status) -> None:
+        """Publish an execution status (the bridge's output); problems are logged too."""
+        message = ExecutionStatus(plan_id=status.plan_id, state=int(status.state), code=int(status.code),
+                                  reason=status.reason, progress=status.progress,
+                                  max_tracking_error=status.max_tracking_error)
+        message.header.stamp = self.get_clock().now().to_msg()
+        self._status.publish(message)
+        if status.code is not Code.NONE:
+            self.get_logger().warning(f"plan {status.plan_id!r} {status.state.name} {status.code.name}: "
+                                      f"{status.reason}")
+
+    def _now_ns(self) -> int:
+        return self.get_clock().now().nanoseconds
+
+    def _on_estop(self, message: Bool) -> None:
+        if self._bridge is not None:
+            self._bridge.estop(bool(message.data), self._now_ns())
+
+    def _on_rearm(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        response.success, response.message = False, "controller_bridge is not configured"
+        if self._bridge is not None:
+            response.success, response.message = self._bridge.rearm()
+        self.get_logger().info(f"eva/rearm: {'done' if response.success else 'refused'}: {response.message}")
+        return response
+
+    def _on_joint_state(self, message: JointState) -> None:
+        if self._bridge is not None:
+            self._bridge.joint_state(joint_state_input(message))
+
+    def _on_plan(self, message: GatedPlan) -> None:
+        if self._bridge is None or not self._active:
+            self.get_logger().warning(f"plan {message.plan_id!r} ignored: controller_bridge is not active")
+            return
+        try:
+            plan = plan_input(message)
+        except Exception as error:  # noqa: BLE001 (a message we cannot read is refused, never a crash)
+            self._bridge.refuse(message.plan_id, Code.INTERNAL_ERROR, f"reading the GatedPlan failed: {error!r}")
+            return
+        self._bridge.submit(plan, self._now_ns())
+
+    def _on_tick(self) -> None:
+        if self._bridge is not None:
+            self._bridge.tick(self._now_ns())
+
+    def _publish_diagnostics(self) -> None:
+        if self._bridge is None:
+            return
+        health = self._bridge.diagnostics(self._now_ns())
+        status = DiagnosticStatus(level=bytes([int(health.level)]), name=f"{self.get_name()}: execution",
+                                  message=health.message, hardware_id=self._bridge.checker.embodiment.name,
+                                  values=[KeyValue(key=key, value=value) for key, value in health.values.items()])
+        message = DiagnosticArray(status=[status])
+        message.header.stamp = self.get_clock().now().to_msg()
+        self._diagnostics.publish(message)
+
+
+def nanoseconds(stamp: Time | Duration) -> int:
+    """A ``Time`` or ``Duration`` message as integer nanoseconds."""
+    return stamp.sec * NS_PER_S + stamp.nanosec
+
+
+def joint_state_input(message: JointState) -> JointStateInput:
+    """A ``JointState`` as the bridge's plain input."""
+    return JointStateInput(list(message.name), message.position, message.velocity, nanoseconds(message.header.stamp))
+
+
+def plan_input(message: GatedPlan) -> PlanInput:
+    """A ``GatedPlan`` as the bridge's plain input (checked by the bridge, not here)."""
+    trajectory = message.trajectory
+    points = [PointInput(point.positions, point.velocities, point.accelerations, point.effort,
+                         nanoseconds(point.time_from_start)) for point in trajectory.points]
+    return PlanInput(message.plan_id, nanoseconds(message.header.stamp),
+                     joint_state_input(message.joint_state_at_image), bool(message.report.executable),
+                     list(trajectory.joint_names), nanoseconds(trajectory.header.stamp), points)
+
+
+def trajectory_message(command: ControllerCommand) -> JointTrajectory:
+    """A ``ControllerCommand`` as the ``JointTrajectory`` its controller takes (no points = hold)."""
+    message = JointTrajectory(joint_names=list(command.joint_names))
+    message.header.stamp.sec, message.header.stamp.nanosec = divmod(command.stamp_ns, NS_PER_S)
+    for index, time_s in enumerate(command.times):
+        point = JointTrajectoryPoint(positions=command.positions[index].tolist(),
+                                     velocities=command.velocities[index].tolist())
+        if command.accelerations is not None:
+            point.accelerations = command.accelerations[index].tolist()
+        point.time_from_start.sec, point.time_from_start.nanosec = divmod(round(time_s * NS_PER_S), NS_PER_S)
+        message.points.append(point)
+    return message
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``controller_bridge`` executable.
+
+    rclpy's own signal handling would shut the context down before a hold could be published, so
+    SIGINT and SIGTERM raise KeyboardInterrupt here instead (the spin loop wakes every 0.1 s to let
+    them in), and an executing plan is held before the node goes.
+    """
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
+    node = ControllerBridgeNode()
+    executor = MultiThreadedExecutor(num_threads=4)  # e-stop, joint states, plans + ticks, the default group
+    executor.add_node(node)
+    try:
+        while rclpy.ok():
+            try:
+                executor.spin_once(timeout_sec=0.1)
+            except ExternalShutdownException:
+                break
+            except Exception as error:  # noqa: BLE001 (a failed callback is logged; the bridge keeps running)
+                node.get_logger().error(f"callback failed: {error!r}")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        node.hold("controller_bridge process exiting")
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()
