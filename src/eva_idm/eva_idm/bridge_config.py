@@ -54,7 +54,8 @@ class BridgeConfig:
     gripper_goal_tolerance: float = setting(0.5, "largest |measured - final point| of a gripper to succeed "
                                             "[normalised 0..1]")
     settle_time: float = setting(0.2, "time after the trajectory's end before the goal is checked [s]")
-    gripper_in_metres: bool = setting(False, "command grippers in metres of finger travel instead of 0..1")
+    gripper_in_metres: bool = setting(False, "command grippers in metres of finger travel instead of 0..1 "
+                                      "(joint_states stay normalised, as the topic contract says)")
     max_duration: float = setting(120.0, "longest trajectory accepted [s]")
     max_points: int = setting(10000, "most trajectory points accepted [points]")
     monitor_rate: float = setting(50.0, "rate of the standstill, tracking, freshness and goal checks [Hz]")
