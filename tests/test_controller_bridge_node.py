@@ -408,7 +408,9 @@ def test_a_thousand_bad_plans_never_reach_the_controllers(bridge):
 
 
 def test_the_estop_holds_both_arms_until_it_is_released_and_rearmed(bridge):
-    process, robot, _ = bridge()
+    from lifecycle_msgs.msg import Transition
+
+    process, robot, lifecycle = bridge()
     robot.send("moving", motion(HOME, MOVE))
     robot.await_state("moving", EXECUTING)
     robot.spin_for(0.5)
@@ -425,6 +427,12 @@ def test_the_estop_holds_both_arms_until_it_is_released_and_rearmed(bridge):
     assert robot.await_final(refused.plan_id).code == ESTOP
     robot.estop(False)
     robot.spin_for(0.5)
+    for transition in (Transition.TRANSITION_DEACTIVATE, Transition.TRANSITION_CLEANUP,
+                       Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
+        assert lifecycle.transition(transition), process.log()  # a lifecycle cycle does not clear the latch
+    robot.spin_for(0.5)  # joint_states reach the reconfigured bridge
+    reconfigured = robot.send("after reconfigure", motion(robot.pose, MOVE))
+    assert robot.await_final(reconfigured.plan_id).code == ESTOP
     assert len(robot.received) == 4  # nothing commanded while latched
     np.testing.assert_array_equal(robot.pose, held)
     assert call_rearm(robot.peer) == (True, "re-armed: plans are accepted again")

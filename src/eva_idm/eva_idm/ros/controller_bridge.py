@@ -54,6 +54,7 @@ class ControllerBridgeNode(LifecycleNode):
         super().__init__("controller_bridge")
         self._parameter_errors = declare_parameters(self, BridgeConfig)
         self._bridge: ControllerBridge | None = None
+        self._latch_carried = False  # an e-stop latch outlives cleanup + configure: only eva/rearm clears it
         self._active = False
         self._teardown: list[Callable[[], object]] = []
 
@@ -72,6 +73,8 @@ class ControllerBridgeNode(LifecycleNode):
         self._status = self.create_lifecycle_publisher(ExecutionStatus, "eva/execution_status", LATCHED)
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._bridge = ControllerBridge(checker, self)
+        if self._latch_carried:
+            self._bridge.estop(True, self._now_ns())
         safety, joints, work = (MutuallyExclusiveCallbackGroup() for _ in range(3))
         subscriptions = [
             self.create_subscription(Bool, "eva/estop", self._on_estop, ESTOP, callback_group=safety),
@@ -112,6 +115,7 @@ class ControllerBridgeNode(LifecycleNode):
         for destroy in reversed(self._teardown):
             destroy()
         self._teardown.clear()
+        self._latch_carried = self._bridge is not None and self._bridge.latched
         self._bridge = None
         return TransitionCallbackReturn.SUCCESS
 
