@@ -25,9 +25,11 @@ settings, the chosen candidate and every candidate's score. A table of the candi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,11 @@ SAMPLER_FLAGS = {
     "device": "--device",
     "dtype": "--dtype",
     "num_threads": "--threads",
+    "cpu_offload": "--cpu-offload",
+    "vae_decode": "--vae-decode",
+    "vae_tile_size": "--vae-tile-size",
+    "vae_tile_stride": "--vae-tile-stride",
+    "attention_backend": "--attention-backend",
 }
 
 
@@ -81,6 +88,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sampler.add_argument("--device", help="torch device, e.g. cuda, cuda:1, cpu")
     sampler.add_argument("--dtype", help="transformer dtype: bfloat16, float16 or float32")
     sampler.add_argument("--threads", metavar="N", type=int, help="torch CPU threads while planning (default: torch's)")
+    options = parser.add_argument_group(
+        "memory and speed", "what each option saves and costs: docs/world_model_options.md (defaults: none, full, "
+        "256, 192, native)")
+    options.add_argument("--cpu-offload", metavar="none|text_encoder|model",
+                         help="components kept on the CPU until their stage runs")
+    options.add_argument("--vae-decode", metavar="full|tiled", help="VAE decode; tiled needs less memory, is slower")
+    options.add_argument("--vae-tile-size", metavar="PX", type=int, help="tiled decode: tile side, multiple of 8")
+    options.add_argument("--vae-tile-stride", metavar="PX", type=int,
+                         help="tiled decode: distance between tiles, multiple of 8, at most the tile size")
+    options.add_argument("--attention-backend", metavar="NAME",
+                         help="diffusers attention backend, e.g. native, _native_cudnn, flash, _flash_3, sage")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -99,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
         if scorer is not None and start_pose is None:
             start_pose = still_pose(scorer.idm, image, config)
         world_model = load_planner_model(args, config)
+        with flag_errors(SAMPLER_FLAGS):
+            world_model.check_attention_backend(config)
         plan, candidates, best_index = make_plan(args, config, world_model, image, scorer, start_pose)
     files = write_outputs(plan.frames, plan.fps, args.out, args.formats)
     summary = {
@@ -168,8 +188,15 @@ def replace_from_flags(preset, args: argparse.Namespace, flags: dict[str, str]):
     """
     dests = {field: flag.removeprefix("--").replace("-", "_") for field, flag in flags.items()}
     overrides = {field: getattr(args, dest) for field, dest in dests.items() if getattr(args, dest) is not None}
-    try:
+    with flag_errors(flags):
         return dataclasses.replace(preset, **overrides)
+
+
+@contextlib.contextmanager
+def flag_errors(flags: dict[str, str]) -> Iterator[None]:
+    """A ValueError that starts with a field name of ``flags`` (field -> flag) is re-raised naming the flag instead."""
+    try:
+        yield
     except ValueError as error:
         message = str(error)
         field = re.match(r"\w+", message)
@@ -197,7 +224,11 @@ def load_planner_model(args: argparse.Namespace, config):
     from eva_planner.loading import load_world_model
 
     return load_world_model(
-        args.model, transformer_directory=args.transformer, dtype=config.dtype, device=config.device
+        args.model,
+        transformer_directory=args.transformer,
+        dtype=config.dtype,
+        device=config.device,
+        cpu_offload=config.cpu_offload,
     )
 
 

@@ -49,7 +49,7 @@ from eva_idm.idm.checkpoint import (  # one strict-loading vocabulary for every 
     check_state_against_model,
     listed_keys,
 )
-from eva_planner.world_model import DTYPES, WorldModel
+from eva_planner.world_model import DTYPES, WorldModel, resident_components
 
 MODEL_INDEX = "model_index.json"
 PIPELINE_CLASS = "WanImageToVideoPipeline"
@@ -264,7 +264,7 @@ def load_world_model(
     dtype: str = "bfloat16",
     vae_dtype: str = "float32",
     device: str = "cpu",
-    offload_text_encoder: bool = False,
+    cpu_offload: str = "none",
 ) -> WorldModel:
     """A :class:`WorldModel` from a local diffusers-format Wan2.1 I2V directory.
 
@@ -276,13 +276,17 @@ def load_world_model(
         merge_lora: merge each adapter into the weights (faster sampling) instead of keeping it active.
         dtype: transformer and text-encoder dtype (``"bfloat16"`` on a GPU).
         vae_dtype: VAE dtype; float32 by default for decode quality. The CLIP encoder stays float32.
-        device: where the transformer, VAE and CLIP encoder live.
-        offload_text_encoder: keep the umT5 encoder on the CPU except while it encodes a new prompt.
+        device: the accelerator the components run on.
+        cpu_offload: which components wait on the CPU (``SamplerConfig.cpu_offload``): ``"none"``
+            puts all of them on ``device`` now, ``"text_encoder"`` all but the umT5 encoder,
+            ``"model"`` none, so that loading never holds them all on the device at once. LoRA
+            adapters are merged where the transformer will rest.
     """
     directory = Path(directory)
     for name, value in (("dtype", dtype), ("vae_dtype", vae_dtype)):
         if value not in DTYPES:
             raise ValueError(f"{name} must be one of {tuple(DTYPES)}, got {value!r}")
+    resident = resident_components(cpu_offload)  # checks the value, naming cpu_offload
     index = _read_model_index(directory)
     folders = {name: directory / name for name in COMPONENTS}
     if transformer_directory is not None:
@@ -291,7 +295,8 @@ def load_world_model(
         _check_component_files(name, folder)
 
     transformer = _load_model("transformer", WanTransformer3DModel, folders["transformer"], DTYPES[dtype])
-    adapter_names = _apply_adapters(transformer.to(device), [Path(adapter) for adapter in lora_adapters], merge_lora)
+    transformer.to(device if "transformer" in resident else "cpu")
+    adapter_names = _apply_adapters(transformer, [Path(adapter) for adapter in lora_adapters], merge_lora)
     transformer_override = [folders["transformer"].name] if transformer_directory is not None else []
     world_model = WorldModel(
         transformer=transformer,
@@ -304,12 +309,9 @@ def load_world_model(
         image_processor=AutoImageProcessor.from_pretrained(folders["image_processor"], local_files_only=True),
         scheduler_config=_read_json(folders["scheduler"] / "scheduler_config.json"),
         model_id="+".join([directory.name, *transformer_override, *adapter_names]),
-        offload_text_encoder=offload_text_encoder,
     )
-    world_model.vae.to(device)
-    world_model.image_encoder.to(device)
-    if not offload_text_encoder:
-        world_model.text_encoder.to(device)
+    for name, component in world_model.components.items():
+        component.to(device if name in resident else "cpu")
     return world_model
 
 

@@ -53,7 +53,10 @@ class PlannerNodeConfig:
     dtype: str = setting("bfloat16", "transformer and text-encoder dtype: float32, bfloat16 or float16")
     vae_dtype: str = setting("float32", "VAE dtype: float32, bfloat16 or float16")
     device: str = setting("cuda", "torch device of the world model (and of the IDM for best-of-N)")
-    offload_text_encoder: bool = setting(False, "keep the text encoder on the CPU except while it encodes")
+    cpu_offload: str = setting("none", "components kept on the CPU until their stage runs: none, text_encoder "
+                                       "(the umT5 encoder) or model (each on the device only while its stage runs)")
+    attention_backend: str = setting("native", "diffusers attention backend of the transformer, e.g. native, "
+                                               "_native_cudnn, flash, _flash_3, sage; tried on the device at configure")
     num_threads: int = setting(4, "torch CPU threads of this process [threads]; 0 = torch's default")
     # Sampler.
     num_frames: int = setting(49, "frames per plan, 4k+1 [frames]")
@@ -70,6 +73,9 @@ class PlannerNodeConfig:
     clip_preprocessing: str = setting("eva", "CLIP image preprocessing: eva or processor")
     modulation: str = setting("per_frame", "AdaLN modulation: per_frame or per_token")
     batch_guidance: bool = setting(False, "run the guidance passes as one batch (faster on a GPU, more memory)")
+    vae_decode: str = setting("full", "VAE decode: full, or tiled (less memory, slower, blended seams)")
+    vae_tile_size: int = setting(256, "tiled decode: tile side, multiple of 8 [px]")
+    vae_tile_stride: int = setting(192, "tiled decode: distance between tiles, multiple of 8, <= vae_tile_size [px]")
     seed: int = setting(-1, "sampler seed when a goal asks for none; -1 = a fresh random seed per plan")
     # Inputs.
     image_transport: str = setting("raw", "head camera input: raw (head_camera/image_raw) or compressed")
@@ -150,6 +156,11 @@ class PlannerNodeConfig:
             clip_preprocessing=self.clip_preprocessing,
             modulation=self.modulation,
             batch_guidance=self.batch_guidance,
+            cpu_offload=self.cpu_offload,
+            vae_decode=self.vae_decode,
+            vae_tile_size=self.vae_tile_size,
+            vae_tile_stride=self.vae_tile_stride,
+            attention_backend=self.attention_backend,
         )
 
     def plan_seed(self, requested: int = -1) -> int:
@@ -168,24 +179,31 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def build_world_model(config: PlannerNodeConfig) -> WorldModel | OracleWorldModel:
-    """The configured world model: the random ``tiny`` preset, an oracle episode, or loaded from local files."""
-    if config.model == TINY_MODEL:
-        return build_tiny_world_model()
+    """The configured world model: the random ``tiny`` preset, an oracle episode, or loaded from local files.
+
+    A network model's ``attention_backend`` is tried on the device here, so that an unusable one
+    fails configure rather than the first goal.
+    """
     if config.model.startswith(ORACLE_PREFIX):
         from eva_idm.embodiment import load_embodiment
 
         joint_names = load_embodiment(config.embodiment).joint_names
         return OracleWorldModel(config.model[len(ORACLE_PREFIX):], joint_names)
-    return load_world_model(
-        config.model,
-        transformer_directory=config.transformer_directory or None,
-        lora_adapters=config.lora_adapters,
-        merge_lora=config.merge_lora,
-        dtype=config.dtype,
-        vae_dtype=config.vae_dtype,
-        device=config.device,
-        offload_text_encoder=config.offload_text_encoder,
-    )
+    if config.model == TINY_MODEL:
+        world_model = build_tiny_world_model()
+    else:
+        world_model = load_world_model(
+            config.model,
+            transformer_directory=config.transformer_directory or None,
+            lora_adapters=config.lora_adapters,
+            merge_lora=config.merge_lora,
+            dtype=config.dtype,
+            vae_dtype=config.vae_dtype,
+            device=config.device,
+            cpu_offload=config.cpu_offload,
+        )
+    world_model.check_attention_backend(config.sampler_config(seed=0))
+    return world_model
 
 
 def build_plan_scorer(config: PlannerNodeConfig) -> PlanScorer | None:

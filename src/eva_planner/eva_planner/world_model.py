@@ -19,6 +19,12 @@ channels. EVA's model was trained differently (diffusion forcing, ``notes/eva_me
    (:func:`eva_sigmas`), with a fresh scheduler per plan;
 6. VAE decode, clamp to [-1, 1], uint8.
 
+Memory and speed options (``SamplerConfig.cpu_offload``, ``vae_decode``, ``attention_backend``,
+``num_threads``; costs and numbers in ``docs/world_model_options.md``) change where the
+components live and which kernels run, never the sampler's arithmetic: offloading gives identical
+plans, another attention kernel the same plan up to rounding, and tiled decoding the same latents
+with slightly different frames.
+
 All noise comes from a CPU ``torch.Generator`` seeded with ``SamplerConfig.seed``: first the
 initial latents ``(1, z_dim, latent_frames, height/8, width/8)``, then, per step, the history
 noise of the ``f_nohist`` pass. A plan is therefore reproducible on any device. Latents and the
@@ -38,6 +44,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanTransformer3DModel
+from diffusers.models.attention_dispatch import AttentionBackendName, attention_backend, dispatch_attention_fn
 from torch import Tensor, nn
 from transformers.image_utils import PILImageResampling
 
@@ -50,6 +57,23 @@ HISTORY_TIMESTEPS = ("last", "zero")
 CLIP_PREPROCESSING = ("eva", "processor")
 NUM_TRAIN_TIMESTEPS = 1000
 SIGMA_TOLERANCE = 1e-5
+CPU_OFFLOADS = ("none", "text_encoder", "model")
+VAE_DECODES = ("full", "tiled")
+VAE_SPATIAL_STRIDE = 8
+# Diffusers' attention backends, less the "*_hub" ones: those download kernels from the Hugging Face
+# Hub at run time, and this stack only ever reads local files.
+HUB_ATTENTION_SUFFIX = "_hub"
+ATTENTION_BACKENDS = tuple(
+    name.value for name in AttentionBackendName if not name.value.endswith(HUB_ATTENTION_SUFFIX)
+)
+COMPONENTS = ("text_encoder", "image_encoder", "transformer", "vae")
+# What each stage of a plan runs; with cpu_offload="model" only these are on the device meanwhile.
+# The text encoder is not listed: the prompt cache moves it, and only to encode a prompt it has not seen.
+STAGE_COMPONENTS: dict[str, tuple[str, ...]] = {
+    "encode_image": ("image_encoder", "vae"),
+    "denoise": ("transformer",),
+    "decode": ("vae",),
+}
 
 
 class PlanningCancelled(RuntimeError):  # noqa: N818 (the name the planner's callers use)
@@ -77,6 +101,21 @@ class SamplerConfig:
     * ``batch_guidance``: run the guidance passes as one batch (faster on a GPU, more memory)
       instead of one after the other.
 
+    Memory and speed options (``docs/world_model_options.md``):
+
+    * ``cpu_offload``: which components wait on the CPU (see :func:`resident_components`):
+      ``"none"`` keeps all four on ``device``; ``"text_encoder"`` keeps the umT5 encoder on the CPU
+      except while it encodes a new prompt; ``"model"`` does that too and moves every other
+      component to ``device`` only for the stage that runs it (:data:`STAGE_COMPONENTS`), so the
+      transformer is never there with another component.
+    * ``vae_decode``: ``"full"`` or ``"tiled"``: spatial tiles of ``vae_tile_size`` pixels every
+      ``vae_tile_stride`` pixels, blended over the overlap (diffusers' ``AutoencoderKLWan`` tiling;
+      a plan no larger than one tile decodes in full). Diffusers' Wan VAE already decodes one latent
+      frame at a time, so there is no separate frame-sliced mode.
+    * ``attention_backend``: diffusers' attention dispatcher backend of the transformer, e.g.
+      ``"native"`` (torch SDPA), ``"_native_cudnn"``, ``"flash"``, ``"_flash_3"``, ``"sage"``;
+      :meth:`WorldModel.check_attention_backend` tries it on the device before a plan.
+
     ``dtype`` must be the dtype the transformer was loaded in (it is checked, not converted);
     ``num_threads`` bounds torch's CPU threads during a plan (None leaves them alone).
     """
@@ -99,6 +138,11 @@ class SamplerConfig:
     modulation: Modulation = "per_frame"
     batch_guidance: bool = False
     num_threads: int | None = None
+    cpu_offload: Literal["none", "text_encoder", "model"] = "none"
+    vae_decode: Literal["full", "tiled"] = "full"
+    vae_tile_size: int = 256
+    vae_tile_stride: int = 192
+    attention_backend: str = "native"
 
     def __post_init__(self):
         if self.num_frames < 1 or (self.num_frames - 1) % 4:
@@ -124,6 +168,20 @@ class SamplerConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"num_threads must be at least 1 (or None for torch's default), got {self.num_threads}")
+        _check_choice("cpu_offload", self.cpu_offload, CPU_OFFLOADS)
+        _check_choice("vae_decode", self.vae_decode, VAE_DECODES)
+        for name in ("vae_tile_size", "vae_tile_stride"):
+            value = getattr(self, name)
+            if value < VAE_SPATIAL_STRIDE or value % VAE_SPATIAL_STRIDE:
+                raise ValueError(f"{name} must be a positive multiple of {VAE_SPATIAL_STRIDE} (the VAE's stride) [px], "
+                                 f"got {value}")
+        if self.vae_tile_stride > self.vae_tile_size:
+            raise ValueError(f"vae_tile_stride must be at most vae_tile_size ({self.vae_tile_size}) so that tiles "
+                             f"overlap [px], got {self.vae_tile_stride}")
+        if self.attention_backend.endswith(HUB_ATTENTION_SUFFIX):
+            raise ValueError(f"attention_backend {self.attention_backend!r} downloads its kernel from the Hugging Face "
+                             f"Hub at run time; choose a locally installed one of {ATTENTION_BACKENDS}")
+        _check_choice("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -139,6 +197,35 @@ class SamplerConfig:
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def resident_components(cpu_offload: str) -> tuple[str, ...]:
+    """The components that stay on the device between stages (and between plans) under ``cpu_offload``."""
+    _check_choice("cpu_offload", cpu_offload, CPU_OFFLOADS)
+    if cpu_offload == "none":
+        return COMPONENTS
+    if cpu_offload == "text_encoder":
+        return tuple(name for name in COMPONENTS if name != "text_encoder")
+    return ()
+
+
+def check_attention_backend(backend: str, device: str, dtype: torch.dtype, heads: int, head_dim: int) -> None:
+    """Try attention ``backend`` on ``device``; a ValueError naming ``attention_backend`` if it cannot run.
+
+    One call on a ``(1, 16, heads, head_dim)`` query in ``dtype``. Diffusers checks a backend's
+    package when it is selected, but a missing GPU kernel or an unsupported dtype or head size only
+    shows in the first attention call: here, rather than in the middle of a plan. A bad ``device``
+    fails as it would anywhere else.
+    """
+    query = torch.zeros((1, 16, heads, head_dim), device=device, dtype=dtype)
+    try:
+        with attention_backend(backend):
+            dispatch_attention_fn(query, query, query)
+    except (RuntimeError, ValueError, TypeError, ImportError, NotImplementedError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(
+            f"attention_backend {backend!r} cannot run on {device} with {dtype} and head size {head_dim}: {reason}"
+        ) from error
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,7 +356,6 @@ class WorldModel:
         image_processor,
         scheduler_config: Mapping[str, Any],
         model_id: str = "",
-        offload_text_encoder: bool = False,
     ):
         if transformer.config.added_kv_proj_dim is None:
             raise ValueError(
@@ -288,12 +374,10 @@ class WorldModel:
         self.scheduler_config = dict(scheduler_config)
         self.model_id = model_id
         # 512 text tokens, always: diffusers' Wan attention takes everything before the last 512
-        # context tokens to be image tokens.
+        # context tokens to be image tokens. Whether the cache offloads the encoder follows each
+        # plan's SamplerConfig.cpu_offload (see _place).
         self.prompt_cache = PromptEmbeddingCache(
-            tokenizer,
-            text_encoder.eval(),
-            max_sequence_length=TEXT_CONTEXT_LENGTH,
-            offload_text_encoder=offload_text_encoder,
+            tokenizer, text_encoder.eval(), max_sequence_length=TEXT_CONTEXT_LENGTH
         )
 
     @property
@@ -305,6 +389,29 @@ class WorldModel:
     def text_encoder(self) -> nn.Module:
         """The umT5 encoder (on the CPU between prompts when offloading is on)."""
         return self.prompt_cache.text_encoder
+
+    @property
+    def components(self) -> dict[str, nn.Module]:
+        """The four networks by name (:data:`COMPONENTS`), the units that ``cpu_offload`` moves."""
+        return {
+            "text_encoder": self.text_encoder,
+            "image_encoder": self.image_encoder,
+            "transformer": self.transformer,
+            "vae": self.vae,
+        }
+
+    def check_attention_backend(self, config: SamplerConfig) -> None:
+        """Fail now, naming ``attention_backend``, if ``config.attention_backend`` cannot run on ``config.device``.
+
+        Tried with the transformer's dtype, head count and head size (:func:`check_attention_backend`).
+        """
+        check_attention_backend(
+            config.attention_backend,
+            config.device,
+            self.transformer.dtype,
+            self.transformer.config.num_attention_heads,
+            self.transformer.config.attention_head_dim,
+        )
 
     def generate(
         self,
@@ -326,19 +433,24 @@ class WorldModel:
         frame = prepare_image(image, config.height, config.width)
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        with bounded_threads(config.num_threads), torch.no_grad():
+        with bounded_threads(config.num_threads), torch.no_grad(), self._released_after(config):
+            self.check_attention_backend(config)  # before any weights move
             self._place(config)
             with _timed(timings, "encode_prompt", config.device):
                 prompt = self.encode_prompt(instruction, config)
                 negative = self.encode_prompt(config.negative_prompt, config) if config.guidance_language else None
-            with _timed(timings, "encode_image", config.device):
+            with _timed(timings, "encode_image", config.device), self._stage("encode_image", config):
                 history = self.encode_history_latent(frame, config)
                 clip_features = self.encode_clip_image(frame, config)
-            with _timed(timings, "denoise", config.device):
+            with (
+                _timed(timings, "denoise", config.device),
+                self._stage("denoise", config),
+                attention_backend(config.attention_backend),
+            ):
                 latents = self._denoise(history, prompt, negative, clip_features, config, should_stop, on_step)
             _raise_if_stopped(should_stop, config.steps, config.steps)
-            with _timed(timings, "decode", config.device):
-                frames = self.decode_latents(latents)
+            with _timed(timings, "decode", config.device), self._stage("decode", config):
+                frames = self.decode_latents(latents, config)
         timings["total"] = time.perf_counter() - started
         return PlanResult(frames, latents.cpu(), config.fps, config.seed, instruction, timings, config)
 
@@ -368,12 +480,36 @@ class WorldModel:
         pixel_values = pixel_values.to(config.device, self.image_encoder.dtype)
         return self.image_encoder(pixel_values=pixel_values, output_hidden_states=True).hidden_states[-2]
 
-    def decode_latents(self, latents: Tensor) -> np.ndarray:
-        """Normalised latents ``(1, z, frames, h, w)`` to uint8 video ``(T, H, W, 3)``."""
+    def decode_latents(self, latents: Tensor, config: SamplerConfig | None = None) -> np.ndarray:
+        """Normalised latents ``(1, z, frames, h, w)`` to uint8 video ``(T, H, W, 3)``.
+
+        ``config.vae_decode`` chooses full or tiled decoding (full without a config).
+        """
         mean, std = self._latent_statistics(latents)
-        video = self.vae.decode((latents.float() * std + mean).to(self.vae.dtype), return_dict=False)[0]
+        with self._vae_tiling(config):
+            video = self.vae.decode((latents.float() * std + mean).to(self.vae.dtype), return_dict=False)[0]
         video = ((video[0].float().clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
         return video.permute(1, 2, 3, 0).cpu().numpy()
+
+    @contextlib.contextmanager
+    def _vae_tiling(self, config: SamplerConfig | None) -> Iterator[None]:
+        """Diffusers' VAE tiling as ``config`` asks, for decoding only; the VAE's own settings are restored after.
+
+        The history frame is always encoded whole (one frame, and its latent must not depend on tiles).
+        """
+        names = ("use_tiling", "tile_sample_min_height", "tile_sample_min_width",
+                 "tile_sample_stride_height", "tile_sample_stride_width")  # fmt: skip
+        saved = {name: getattr(self.vae, name) for name in names}
+        self.vae.use_tiling = config is not None and config.vae_decode == "tiled"
+        if self.vae.use_tiling:
+            size, stride = config.vae_tile_size, config.vae_tile_stride
+            self.vae.tile_sample_min_height = self.vae.tile_sample_min_width = size
+            self.vae.tile_sample_stride_height = self.vae.tile_sample_stride_width = stride
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                setattr(self.vae, name, value)
 
     def _latent_statistics(self, latents: Tensor) -> tuple[Tensor, Tensor]:
         shape = (1, self.vae.config.z_dim, 1, 1, 1)
@@ -382,7 +518,7 @@ class WorldModel:
         return mean, std
 
     def _place(self, config: SamplerConfig) -> None:
-        """Move the transformer, VAE and CLIP encoder to ``config.device`` (no-ops once there).
+        """Put the resident components on ``config.device`` and the others on the CPU (no-ops once there).
 
         The transformer's dtype is checked, never converted: converting the 14B weights would double
         their memory, and a blanket cast would undo the float32 modules diffusers keeps on loading.
@@ -392,9 +528,39 @@ class WorldModel:
                 f"SamplerConfig.dtype is {config.dtype!r} but the transformer was loaded in {self.transformer.dtype}; "
                 "load it in that dtype or change SamplerConfig.dtype"
             )
-        self.transformer.to(config.device)
-        self.vae.to(config.device)
-        self.image_encoder.to(config.device)
+        resident = resident_components(config.cpu_offload)
+        self.prompt_cache.offload_text_encoder = "text_encoder" not in resident
+        for name, component in self.components.items():
+            component.to(config.device if name in resident else "cpu")
+
+    @contextlib.contextmanager
+    def _stage(self, stage: str, config: SamplerConfig) -> Iterator[None]:
+        """With ``cpu_offload="model"``, hold ``stage``'s components on the device for the block only.
+
+        They go back to the CPU however the block ends (a cancelled plan too). ``module.to`` copies
+        the weights each way: the price of an empty device between stages (numbers in
+        ``docs/world_model_options.md``).
+        """
+        moved = [] if config.cpu_offload != "model" else [self.components[name] for name in STAGE_COMPONENTS[stage]]
+        for component in moved:
+            component.to(config.device)
+        try:
+            yield
+        finally:
+            for component in moved:
+                component.to("cpu")
+
+    @contextlib.contextmanager
+    def _released_after(self, config: SamplerConfig) -> Iterator[None]:
+        """With ``cpu_offload="model"``, return torch's cached CUDA blocks to the driver after a plan.
+
+        Other processes (the IDM node) can then use that memory until the next plan.
+        """
+        try:
+            yield
+        finally:
+            if config.cpu_offload == "model" and torch.device(config.device).type == "cuda":
+                torch.cuda.empty_cache()
 
     def _denoise(
         self,
