@@ -272,6 +272,10 @@ def await_verdicts(
         report, status, version = board.latest(plan_id)
         outcome = goal_outcome(report, status, plan_only)
         if outcome is not None:
+            if not executing and status is not None and status.state == ExecutionStatus.SUCCEEDED:
+                # the whole execution fell between two polls: the client still sees the phase, completed
+                goal_handle.publish_feedback(Feedback(phase=Feedback.EXECUTING, plan_id=plan_id,
+                                                      reward=report.reward if report else math.nan, progress=1.0))
             return goal_result(*outcome, plan_id, report)
         if report is not None and (not executing or status is not last_status):
             executing, last_status = True, status
