@@ -170,7 +170,9 @@ def write_outputs(client: StackClient, outcome: GoalOutcome, checkpoint: Path, r
     iio.imwrite(OUT / "plan.gif", frames, extension=".gif", duration=1000.0 / plan.fps, loop=0)
     idm = load_checkpoint(checkpoint, embodiment.name, embodiment.joint_names)
     decoded = idm.decode_video(frames, fps=plan.fps).numpy()
-    series = [Series("raw IDM decode (plan time)", np.arange(len(decoded)) / plan.fps, decoded)]
+    time_scale = outcome.result.report.time_scale or 1.0  # the gate plays the plan this much slower
+    series = [Series(f"raw IDM decode (plan time / {time_scale:g})", np.arange(len(decoded)) / plan.fps / time_scale,
+                     decoded)]
     executed = executed_series(client, plan.plan_id)
     report = {"rejected_plan": {"instruction": "tiny world model", "result": RESULTS[rejected.result.error_code],
                                 "reason": rejected.result.report.reason or rejected.result.error_msg,
