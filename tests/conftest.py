@@ -74,6 +74,42 @@ class RosPeer:
         self.context.try_shutdown()
 
 
+class LifecycleClient:
+    """A lifecycle node's change_state/get_state services, ready for calls.
+
+    Discovery settles ~1 s after the services appear before the first call: a response sent
+    right after discovery can be lost (a known DDS race).
+    """
+
+    def __init__(self, ros_peer: RosPeer, node_name: str):
+        from lifecycle_msgs.srv import ChangeState, GetState
+
+        self.peer = ros_peer
+        self.change = ros_peer.node.create_client(ChangeState, f"{node_name}/change_state")
+        self.get = ros_peer.node.create_client(GetState, f"{node_name}/get_state")
+        ros_peer.spin_until(lambda: self.change.service_is_ready() and self.get.service_is_ready(), 60,
+                            f"the {node_name} lifecycle services")
+        settled = time.monotonic() + 1.0
+        ros_peer.spin_until(lambda: time.monotonic() > settled, 5, "service discovery to settle")
+
+    def transition(self, transition_id: int) -> bool:
+        """Request a transition; whether it succeeded."""
+        from lifecycle_msgs.msg import Transition
+        from lifecycle_msgs.srv import ChangeState
+
+        future = self.change.call_async(ChangeState.Request(transition=Transition(id=transition_id)))
+        self.peer.spin_until(future.done, 60, f"lifecycle transition {transition_id}")
+        return future.result().success
+
+    def state(self) -> str:
+        """The label of the current state, e.g. ``active``."""
+        from lifecycle_msgs.srv import GetState
+
+        future = self.get.call_async(GetState.Request())
+        self.peer.spin_until(future.done, 30, "the lifecycle state")
+        return future.result().current_state.label
+
+
 @pytest.fixture
 def ros_peer(ros_domain: int) -> Iterator[RosPeer]:
     """A real rclpy node in the test process, on the same domain as ``start_node``'s processes."""

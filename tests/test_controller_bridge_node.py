@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import LifecycleClient
 
 from eva_idm.embodiment import load_embodiment
 from eva_idm.motion import GateConfig, plan_to_motion
@@ -223,36 +224,6 @@ def assert_holds(messages) -> None:
         assert list(message.joint_names) == ARMS[controller] and len(message.points) == 0
 
 
-class Lifecycle:
-    """Lifecycle service clients of controller_bridge, discovered once."""
-
-    def __init__(self, ros_peer):
-        from lifecycle_msgs.srv import ChangeState, GetState
-
-        self.peer = ros_peer
-        self.change = ros_peer.node.create_client(ChangeState, "controller_bridge/change_state")
-        self.get = ros_peer.node.create_client(GetState, "controller_bridge/get_state")
-        ros_peer.spin_until(lambda: self.change.service_is_ready() and self.get.service_is_ready(), 60,
-                            "the controller_bridge lifecycle services")
-        settled = time.monotonic() + 1.0  # a response can be lost while discovery settles
-        ros_peer.spin_until(lambda: time.monotonic() > settled, 5, "service discovery to settle")
-
-    def transition(self, transition_id: int) -> bool:
-        from lifecycle_msgs.msg import Transition
-        from lifecycle_msgs.srv import ChangeState
-
-        future = self.change.call_async(ChangeState.Request(transition=Transition(id=transition_id)))
-        self.peer.spin_until(future.done, 60, f"lifecycle transition {transition_id}")
-        return future.result().success
-
-    def state(self) -> str:
-        from lifecycle_msgs.srv import GetState
-
-        future = self.get.call_async(GetState.Request())
-        self.peer.spin_until(future.done, 30, "the lifecycle state")
-        return future.result().current_state.label
-
-
 def call_rearm(ros_peer) -> tuple[bool, str]:
     from std_srvs.srv import Trigger
 
@@ -276,7 +247,7 @@ def bridge(start_node, ros_peer):
         arguments = [argument for override in [*FAST, *overrides] for argument in ("-p", override)]
         process = start_node("eva_idm", "controller_bridge", "--ros-args", "--params-file", str(CONFIG_FILE),
                              *arguments)
-        lifecycle = Lifecycle(ros_peer)
+        lifecycle = LifecycleClient(ros_peer, "controller_bridge")
         assert lifecycle.transition(Transition.TRANSITION_CONFIGURE), process.log()
         assert lifecycle.transition(Transition.TRANSITION_ACTIVATE), process.log()
         ros_peer.spin_until(lambda: robot.plans.get_subscription_count() > 0, 30, "eva/gated_plan to match")
@@ -518,7 +489,7 @@ def test_an_unsafe_controller_configuration_fails_configure_and_the_node_stays_u
     unsafe.write_text(yaml.safe_dump(document))
     process = start_node("eva_idm", "controller_bridge", "--ros-args", "--params-file", str(CONFIG_FILE),
                          "-p", f"controllers_file:={unsafe}")
-    lifecycle = Lifecycle(ros_peer)
+    lifecycle = LifecycleClient(ros_peer, "controller_bridge")
     assert not lifecycle.transition(Transition.TRANSITION_CONFIGURE)
     assert lifecycle.state() == "unconfigured" and process.poll() is None
     assert "configure failed" in process.log() and "right_arm_controller: needs cmd_timeout > " \

@@ -10,13 +10,13 @@ from __future__ import annotations
 import collections
 import hashlib
 import math
-import time
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import LifecycleClient
 from idm_checkpoints import still_idm_checkpoint
 
 from eva_idm.embodiment import load_embodiment
@@ -317,36 +317,6 @@ class Planner:
                              f"reports on {len(plans)} plan(s)")
 
 
-class Lifecycle:
-    """idm_node's lifecycle services; discovery settles ~1 s before the first call (a response can be lost)."""
-
-    def __init__(self, ros_peer):
-        from lifecycle_msgs.srv import ChangeState, GetState
-
-        self.peer = ros_peer
-        self.change = ros_peer.node.create_client(ChangeState, "idm_node/change_state")
-        self.get = ros_peer.node.create_client(GetState, "idm_node/get_state")
-        for client in (self.change, self.get):
-            ros_peer.spin_until(client.service_is_ready, 60, f"the {client.srv_name} service")
-        settled = time.monotonic() + 1.0
-        ros_peer.spin_until(lambda: time.monotonic() > settled, 5, "service discovery to settle")
-
-    def transition(self, transition_id: int) -> bool:
-        from lifecycle_msgs.msg import Transition
-        from lifecycle_msgs.srv import ChangeState
-
-        future = self.change.call_async(ChangeState.Request(transition=Transition(id=transition_id)))
-        self.peer.spin_until(future.done, 60, f"lifecycle transition {transition_id}")
-        return future.result().success
-
-    def state(self) -> str:
-        from lifecycle_msgs.srv import GetState
-
-        future = self.get.call_async(GetState.Request())
-        self.peer.spin_until(future.done, 30, "the lifecycle state")
-        return future.result().current_state.label
-
-
 @pytest.fixture
 def idm_node(start_node, ros_peer, still_checkpoint):
     """Start idm_node on the still IDM with the tiny (CPU) config, configure and activate it."""
@@ -355,7 +325,7 @@ def idm_node(start_node, ros_peer, still_checkpoint):
     def start():
         process = start_node("eva_idm", "idm_node", "--ros-args", "--params-file", str(TINY_CONFIG),
                              "-p", f"checkpoint:={still_checkpoint}")
-        lifecycle = Lifecycle(ros_peer)
+        lifecycle = LifecycleClient(ros_peer, "idm_node")
         assert lifecycle.transition(Transition.TRANSITION_CONFIGURE), process.log()
         assert lifecycle.transition(Transition.TRANSITION_ACTIVATE), process.log()
         assert lifecycle.state() == "active"
@@ -370,7 +340,7 @@ def test_an_unknown_parameter_fails_configure_naming_it(start_node, ros_peer, st
 
     process = start_node("eva_idm", "idm_node", "--ros-args", "--params-file", str(TINY_CONFIG),
                          "-p", f"checkpoint:={still_checkpoint}", "-p", "min_rewrad:=7.0")
-    lifecycle = Lifecycle(ros_peer)
+    lifecycle = LifecycleClient(ros_peer, "idm_node")
     assert not lifecycle.transition(Transition.TRANSITION_CONFIGURE)
     assert lifecycle.state() == "unconfigured"
     assert "unknown parameter(s) 'min_rewrad' (did you mean 'min_reward'?)" in process.log()
