@@ -30,7 +30,7 @@ from eva_idm.ros.conversions import decode_visual_plan
 from eva_idm.trajectory import Trajectory, sample_uniform
 from eva_msgs.action import ExecuteInstruction
 from eva_sim.ros.stack import GoalOutcome, StackClient, launched_stack
-from eva_training.demo_assets import choose_oracle_episode, ensure_demo_idm
+from eva_training.demo_assets import choose_oracle_episode, demo_idm_cached, ensure_demo_idm
 from eva_training.plots import Series, plot_arm_trajectories
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,6 +205,8 @@ def main() -> int:
     OUT.mkdir(parents=True)
     say("EVA demo: the closed loop on the simulated aloha-agilex, with tiny models on this CPU.")
     say("\n[1/3] The demo's IDM (trained once on synthetic episodes, then cached in .cache/eva-demo)")
+    if not demo_idm_cached(CACHE):
+        say("    first run: rendering 8 synthetic episodes and training the IDM on them (about 5 minutes on 2 cores)")
     assets = ensure_demo_idm(CACHE)
     say("    reproduce it with:\n" + "\n".join(f"      {command}" for command in assets.commands))
     choice = choose_oracle_episode(assets, ORACLE_FRAMES)

@@ -94,6 +94,11 @@ def reproduce_commands(recipe: DemoRecipe, data_dir: Path, run_dir: Path) -> tup
     )
 
 
+def demo_idm_cached(cache_root: Path, recipe: DemoRecipe = DemoRecipe()) -> bool:
+    """Whether :func:`ensure_demo_idm` has already made this recipe's IDM."""
+    return (cache_root / f"idm-{recipe.key()}" / ASSETS_FILE).is_file()
+
+
 def ensure_demo_idm(cache_root: Path, recipe: DemoRecipe = DemoRecipe()) -> DemoAssets:
     """The cached demo IDM for ``recipe``, made first (synthesis + training, with progress bars) if missing."""
     root = cache_root / f"idm-{recipe.key()}"
