@@ -84,11 +84,21 @@ class Recorder(BridgeOutput):
         return [s for kind, s in self.items if kind == "status"][-1]
 
 
+class ManualClock:
+    """The bridge's clock in these tests: the time they set, in ns (the node's clock in the node)."""
+
+    def __init__(self) -> None:
+        self.now_ns = 0
+
+    def __call__(self) -> int:
+        return self.now_ns
+
+
 class Robot:
     """Joint states of a robot standing at ``pose`` (or following ``trajectory`` from ``start_ns``)."""
 
-    def __init__(self, bridge: ControllerBridge, pose: np.ndarray = START):
-        self.bridge, self.pose = bridge, np.array(pose, dtype=float)
+    def __init__(self, bridge: ControllerBridge, clock: ManualClock, pose: np.ndarray = START):
+        self.bridge, self.clock, self.pose = bridge, clock, np.array(pose, dtype=float)
 
     def still(self, from_ns: int, until_ns: int, step_ns: int = 10 * MS) -> None:
         for stamp in range(from_ns, until_ns + 1, step_ns):
@@ -102,7 +112,8 @@ class Robot:
             positions, velocities, _ = sample(trajectory, elapsed)
             self.pose = positions + offset
             self.bridge.joint_state(joints(self.pose, stamp, velocities))
-            self.bridge.tick(stamp)
+            self.clock.now_ns = stamp
+            self.bridge.tick()
             if not self.bridge.busy:
                 return stamp
         return until_ns
@@ -110,16 +121,16 @@ class Robot:
 
 def make_bridge(config: BridgeConfig = CONFIG, checker_type: type[PlanChecker] = PlanChecker):
     embodiment, controllers = load_bridge_setup(config)
-    output = Recorder()
-    return ControllerBridge(checker_type(config, embodiment, controllers), output), output
+    output, clock = Recorder(), ManualClock()
+    return ControllerBridge(checker_type(config, embodiment, controllers), output, clock), output, clock
 
 
 def still_bridge(config: BridgeConfig = CONFIG):
     """A bridge whose robot has stood still at START for a second before T0."""
-    bridge, output = make_bridge(config)
-    robot = Robot(bridge)
+    bridge, output, clock = make_bridge(config)
+    robot = Robot(bridge, clock)
     robot.still(T0 - NS_PER_S, T0)
-    return bridge, output, robot
+    return bridge, output, robot, clock
 
 
 def test_states_and_codes_are_the_execution_status_constants():
@@ -337,9 +348,10 @@ def test_commands_split_the_motion_per_arm_with_one_stamp_and_grippers_optionall
 
 
 def test_a_good_plan_starts_at_once_on_a_still_robot_and_succeeds_when_it_has_settled():
-    bridge, output, robot = still_bridge()
+    bridge, output, robot, clock = still_bridge()
     trajectory = motion()
-    accepted = bridge.submit(plan(trajectory), T0)
+    clock.now_ns = T0
+    accepted = bridge.submit(plan(trajectory))
     assert accepted.state is State.ACCEPTED and "waiting for standstill" in accepted.reason
     (commands,) = output.sends()
     assert [c.stamp_ns for c in commands] == [T0 + 100 * MS] * 2  # now + start_delay, the same for both arms
@@ -354,37 +366,45 @@ def test_a_good_plan_starts_at_once_on_a_still_robot_and_succeeds_when_it_has_se
 
 
 def test_a_plan_waits_for_standstill_and_is_refused_when_the_robot_keeps_moving():
-    bridge, output = make_bridge()
-    robot = Robot(bridge)
+    bridge, output, clock = make_bridge()
+    robot = Robot(bridge, clock)
     moving = np.full(14, 0.05)
     for stamp in range(T0 - NS_PER_S, T0 + 1, 10 * MS):
         bridge.joint_state(joints(START, stamp, moving))
-    bridge.submit(plan(motion()), T0)
+    clock.now_ns = T0
+    bridge.submit(plan(motion()))
     for stamp in range(T0, T0 + 5 * NS_PER_S + 1, 20 * MS):
         bridge.joint_state(joints(START, stamp, moving))
-        bridge.tick(stamp)
+        clock.now_ns = stamp
+        bridge.tick()
     assert bridge.busy and output.sends() == []
-    bridge.tick(T0 + 5 * NS_PER_S + 30 * MS)
+    clock.now_ns = T0 + 5 * NS_PER_S + 30 * MS
+    bridge.tick()
     assert output.statuses()[-1] == ("plan", State.REJECTED, Code.NOT_STANDSTILL)
     assert "fl_joint1 moving at 0.05" in output.last().reason and output.sends() == []
     # Still for standstill_window: the next plan starts (at the first tick after the window).
     robot.still(T0 + 6 * NS_PER_S, T0 + 6 * NS_PER_S)
-    bridge.submit(plan(motion(), "next"), T0 + 6 * NS_PER_S)
+    clock.now_ns = T0 + 6 * NS_PER_S
+    bridge.submit(plan(motion(), "next"))
     robot.still(T0 + 6 * NS_PER_S, T0 + 6 * NS_PER_S + 90 * MS)
-    bridge.tick(T0 + 6 * NS_PER_S + 90 * MS)
+    clock.now_ns = T0 + 6 * NS_PER_S + 90 * MS
+    bridge.tick()
     assert len(output.sends()) == 0
     robot.still(T0 + 6 * NS_PER_S + 100 * MS, T0 + 6 * NS_PER_S + 100 * MS)
-    bridge.tick(T0 + 6 * NS_PER_S + 100 * MS)
+    clock.now_ns = T0 + 6 * NS_PER_S + 100 * MS
+    bridge.tick()
     assert len(output.sends()) == 1 and output.statuses()[-1] == ("next", State.EXECUTING, Code.NONE)
 
 
 def test_the_plan_is_checked_again_at_the_start_with_the_pose_measured_then():
-    bridge, output = make_bridge()
-    Robot(bridge).still(T0 - NS_PER_S, T0, step_ns=10 * MS)
+    bridge, output, clock = make_bridge()
+    Robot(bridge, clock).still(T0 - NS_PER_S, T0, step_ns=10 * MS)
     bridge.joint_state(joints(START, T0, np.full(14, 0.2)))  # moving when the plan arrives
-    bridge.submit(plan(motion()), T0)
-    Robot(bridge, START + 0.1).still(T0 + 10 * MS, T0 + 300 * MS)  # comes to rest elsewhere
-    bridge.tick(T0 + 300 * MS)
+    clock.now_ns = T0
+    bridge.submit(plan(motion()))
+    Robot(bridge, clock, START + 0.1).still(T0 + 10 * MS, T0 + 300 * MS)  # comes to rest elsewhere
+    clock.now_ns = T0 + 300 * MS
+    bridge.tick()
     assert output.statuses()[-1] == ("plan", State.REJECTED, Code.ROBOT_MOVED)
     assert output.last().reason.startswith("at start: the robot moved since the plan's image")
     assert output.sends() == []
@@ -397,18 +417,21 @@ def test_the_plan_is_checked_again_at_the_start_with_the_pose_measured_then():
     ("stuck", Code.TRACKING_ERROR, "goal not reached within goal_time 0.5 s after the end: fl_joint[1-6] at "),
 ])
 def test_execution_faults_abort_the_plan_and_hold_both_arms(disturbance, code, reason):
-    bridge, output, robot = still_bridge()
+    bridge, output, robot, clock = still_bridge()
     trajectory = motion()
-    bridge.submit(plan(trajectory), T0)
+    clock.now_ns = T0
+    bridge.submit(plan(trajectory))
     now = robot.follow(T0 + 100 * MS, trajectory, T0 + 500 * MS, T0)
     if disturbance == "lag":
         robot.follow(T0 + 100 * MS, trajectory, T0 + 600 * MS, now, offset=np.where(np.arange(14) == 0, 0.2, 0.0))
     elif disturbance == "silence":
         for stamp in range(now, now + NS_PER_S, 10 * MS):
-            bridge.tick(stamp)
+            clock.now_ns = stamp
+            bridge.tick()
     elif disturbance == "nan":
         bridge.joint_state(joints(np.where(np.arange(14) == 12, np.nan, robot.pose), now + 10 * MS))
-        bridge.tick(now + 10 * MS)
+        clock.now_ns = now + 10 * MS
+        bridge.tick()
     else:  # stops 0.05 rad short of the goal: tracked, but not within goal_tolerance
         short = Trajectory(NAMES, trajectory.times, trajectory.positions - 0.05 * (trajectory.positions != START),
                            trajectory.velocities)
@@ -421,41 +444,50 @@ def test_execution_faults_abort_the_plan_and_hold_both_arms(disturbance, code, r
 
 
 def test_one_plan_at_a_time():
-    bridge, output, _ = still_bridge()
-    bridge.submit(plan(motion(), "first"), T0)
-    busy = bridge.submit(plan(motion(), "second"), T0 + 10 * MS)
+    bridge, output, _, clock = still_bridge()
+    clock.now_ns = T0
+    bridge.submit(plan(motion(), "first"))
+    clock.now_ns = T0 + 10 * MS
+    busy = bridge.submit(plan(motion(), "second"))
     assert (busy.state, busy.code) == (State.REJECTED, Code.BUSY) and "plan 'first' is running" in busy.reason
-    malformed = bridge.submit(dataclasses.replace(plan(motion(), "third"), joint_names=NAMES[::-1]), T0 + 20 * MS)
+    clock.now_ns = T0 + 20 * MS
+    malformed = bridge.submit(dataclasses.replace(plan(motion(), "third"), joint_names=NAMES[::-1]))
     assert malformed.code is Code.MALFORMED_TRAJECTORY  # its own fault first
     assert len(output.sends()) == 1
 
 
 def test_the_estop_latches_holds_once_and_rearming_needs_it_released():
-    bridge, output, robot = still_bridge()
+    bridge, output, robot, clock = still_bridge()
     trajectory = motion()
-    bridge.submit(plan(trajectory, "moving"), T0)
+    clock.now_ns = T0
+    bridge.submit(plan(trajectory, "moving"))
     robot.follow(T0 + 100 * MS, trajectory, T0 + 400 * MS, T0)
-    bridge.estop(True, T0 + 400 * MS)
+    clock.now_ns = T0 + 400 * MS
+    bridge.estop(True)
     assert output.statuses()[-1] == ("moving", State.ABORTED, Code.ESTOP_LATCHED)
     assert [[c.is_hold for c in commands] for commands in output.sends()] == [[False, False], [True, True]]
-    bridge.estop(True, T0 + 410 * MS)  # still pressed: nothing more is sent
+    clock.now_ns = T0 + 410 * MS
+    bridge.estop(True)  # still pressed: nothing more is sent
     robot.still(T0 + 400 * MS, T0 + 2 * NS_PER_S)
     resumed = Trajectory(NAMES, trajectory.times, trajectory.positions - START + robot.pose, trajectory.velocities)
-    refused = bridge.submit(plan(resumed, "while latched", at_image=robot.pose), T0 + 2 * NS_PER_S)
+    clock.now_ns = T0 + 2 * NS_PER_S
+    refused = bridge.submit(plan(resumed, "while latched", at_image=robot.pose))
     assert refused.code is Code.ESTOP_LATCHED and len(output.sends()) == 2
     assert bridge.rearm() == (False, "eva/estop is still true: release the e-stop before re-arming")
-    bridge.estop(False, T0 + 2 * NS_PER_S)
+    bridge.estop(False)
     assert bridge.latched and bridge.rearm() == (True, "re-armed: plans are accepted again")
     assert bridge.rearm() == (True, "the e-stop is not latched; nothing to re-arm")
-    bridge.submit(plan(resumed, "after rearm", at_image=robot.pose), T0 + 2 * NS_PER_S)
+    bridge.submit(plan(resumed, "after rearm", at_image=robot.pose))
     assert output.statuses()[-1] == ("after rearm", State.EXECUTING, Code.NONE) and len(output.sends()) == 3
 
 
 def test_an_estop_while_idle_or_waiting_holds_without_commanding_a_plan():
-    bridge, output = make_bridge()
+    bridge, output, clock = make_bridge()
     bridge.joint_state(joints(START, T0, np.full(14, 0.5)))  # moving: the plan waits
-    bridge.submit(plan(motion()), T0)
-    bridge.estop(True, T0 + 10 * MS)
+    clock.now_ns = T0
+    bridge.submit(plan(motion()))
+    clock.now_ns = T0 + 10 * MS
+    bridge.estop(True)
     assert output.statuses()[-1] == ("plan", State.REJECTED, Code.ESTOP_LATCHED)
     assert [[c.is_hold for c in commands] for commands in output.sends()] == [[True, True]]
 
@@ -472,17 +504,46 @@ class BlockingChecker(PlanChecker):
         return super().check(plan_input, reading, now_ns)
 
 
+    @staticmethod
+    def reset() -> None:
+        BlockingChecker.checking.clear()
+        BlockingChecker.release.clear()
+
+
 def test_an_estop_during_a_plan_check_is_not_overtaken_by_that_plan():
-    bridge, output = make_bridge(checker_type=BlockingChecker)
-    Robot(bridge).still(T0 - NS_PER_S, T0)
-    worker = threading.Thread(target=bridge.submit, args=(plan(motion()), T0))
+    BlockingChecker.reset()
+    bridge, output, clock = make_bridge(checker_type=BlockingChecker)
+    Robot(bridge, clock).still(T0 - NS_PER_S, T0)
+    clock.now_ns = T0
+    worker = threading.Thread(target=bridge.submit, args=(plan(motion()),))
     worker.start()
     assert BlockingChecker.checking.wait(10)
-    bridge.estop(True, T0)  # returns at once: the check holds no lock the e-stop needs
+    bridge.estop(True)  # returns at once: the check holds no lock the e-stop needs
     BlockingChecker.release.set()
     worker.join(10)
     assert output.statuses() == [("plan", State.REJECTED, Code.ESTOP_LATCHED)]
     assert [[c.is_hold for c in commands] for commands in output.sends()] == [[True, True]]
+
+
+def test_joint_states_that_arrive_during_a_long_check_are_judged_at_the_time_of_the_decision():
+    """The monitor waits for a plan check while newer joint_states arrive: they are not from the future."""
+    BlockingChecker.reset()
+    bridge, output, clock = make_bridge(checker_type=BlockingChecker)
+    robot = Robot(bridge, clock)
+    robot.still(T0 - NS_PER_S, T0)
+    clock.now_ns = T0
+    checking = threading.Thread(target=bridge.submit, args=(plan(motion()),))
+    checking.start()
+    assert BlockingChecker.checking.wait(10)
+    monitor = threading.Thread(target=bridge.tick)  # waits for the check to end
+    monitor.start()
+    robot.still(T0 + 10 * MS, T0 + 500 * MS)
+    clock.now_ns = T0 + 500 * MS
+    BlockingChecker.release.set()
+    checking.join(10)
+    monitor.join(10)
+    assert output.statuses() == [("plan", State.ACCEPTED, Code.NONE), ("plan", State.EXECUTING, Code.NONE)]
+    assert [c.stamp_ns for c in output.sends()[0]] == [T0 + 600 * MS] * 2  # start_delay from the decision
 
 
 class BrokenChecker(PlanChecker):
@@ -491,25 +552,30 @@ class BrokenChecker(PlanChecker):
 
 
 def test_a_failing_check_costs_one_plan_not_the_bridge():
-    bridge, output = make_bridge(checker_type=BrokenChecker)
-    status = bridge.submit(plan(motion()), T0)
+    bridge, output, clock = make_bridge(checker_type=BrokenChecker)
+    clock.now_ns = T0
+    status = bridge.submit(plan(motion()))
     assert (status.state, status.code) == (State.REJECTED, Code.INTERNAL_ERROR)
     assert status.reason == "checking the plan failed: RuntimeError('bug')" and output.sends() == []
 
 
 def test_stop_holds_an_executing_plan_and_diagnostics_tell_the_state():
-    bridge, output, robot = still_bridge()
-    assert bridge.diagnostics(T0).level is Level.OK and bridge.diagnostics(T0).message == "idle"
+    bridge, output, robot, clock = still_bridge()
+    clock.now_ns = T0
+    assert bridge.diagnostics().level is Level.OK and bridge.diagnostics().message == "idle"
     trajectory = motion()
-    bridge.submit(plan(trajectory), T0)
+    bridge.submit(plan(trajectory))
     robot.follow(T0 + 100 * MS, trajectory, T0 + 600 * MS, T0)
-    health = bridge.diagnostics(T0 + 600 * MS)
+    clock.now_ns = T0 + 600 * MS
+    health = bridge.diagnostics()
     assert health.message == "executing plan 'plan' (50%)" and health.values["count.accepted"] == "1"
-    bridge.stop("controller_bridge deactivated", T0 + 600 * MS)
+    bridge.stop("controller_bridge deactivated")
     assert output.statuses()[-1] == ("plan", State.ABORTED, Code.CANCELLED)
     assert [c.is_hold for c in output.sends()[-1]] == [True, True]
-    bridge.stop("again", T0 + 700 * MS)  # nothing running: nothing sent
+    clock.now_ns = T0 + 700 * MS
+    bridge.stop("again")  # nothing running: nothing sent
     assert len(output.sends()) == 2
-    assert bridge.diagnostics(T0 + 2 * NS_PER_S).level is Level.WARN  # joint_states now stale
-    bridge.estop(True, T0 + 2 * NS_PER_S)
-    assert bridge.diagnostics(T0 + 2 * NS_PER_S).level is Level.ERROR
+    clock.now_ns = T0 + 2 * NS_PER_S
+    assert bridge.diagnostics().level is Level.WARN  # joint_states now stale
+    bridge.estop(True)
+    assert bridge.diagnostics().level is Level.ERROR

@@ -2,8 +2,10 @@
 
 :class:`ControllerBridge` is the state machine behind the ``controller_bridge`` node. The node
 converts messages to the plain inputs of :mod:`eva_idm.bridge_checks`, calls the methods below
-from its callbacks with the node clock's time, and publishes what the bridge hands its
-:class:`BridgeOutput` (commands and statuses, in order). Everything the bridge decides is here,
+from its callbacks, and publishes what the bridge hands its :class:`BridgeOutput` (commands and
+statuses, in order). The bridge reads the node's clock itself, under its lock, at the moment it
+takes the newest joint state: a time read before waiting for a thread could be older than that
+joint state, which would then look stamped in the future. Everything the bridge decides is here,
 so it is tested without ROS.
 
 One plan at a time, stop-and-go (DESIGN.md §3)::
@@ -35,7 +37,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol
@@ -113,8 +115,9 @@ class _Execution:
 class ControllerBridge:
     """The bridge's state machine (see the module docstring)."""
 
-    def __init__(self, checker: PlanChecker, output: BridgeOutput):
-        self.checker, self.config, self._output = checker, checker.config, output
+    def __init__(self, checker: PlanChecker, output: BridgeOutput, clock: Callable[[], int]):
+        """Decide with ``checker``, hand commands and statuses to ``output``; ``clock()`` is the time in ns."""
+        self.checker, self.config, self._output, self._clock = checker, checker.config, output, clock
         arm_tracking, arm_goal = self.config.tracking_tolerance, self.config.goal_tolerance
         grippers = checker.embodiment.gripper_mask()
         self._tracking_tolerance = np.where(grippers, self.config.gripper_tracking_tolerance, arm_tracking)
@@ -152,11 +155,11 @@ class ControllerBridge:
             elif self._still_since_ns is None or reading.stamp_ns < self._still_since_ns:
                 self._still_since_ns = reading.stamp_ns
 
-    def submit(self, plan: PlanInput, now_ns: int) -> Status:
+    def submit(self, plan: PlanInput) -> Status:
         """Check a plan and accept it (starting it at once if the robot is still), or say why not."""
         with self._work:
             with self._lock:
-                reading = self._reading
+                reading, now_ns = self._reading, self._clock()
             try:
                 verdict = self.checker.check(plan, reading, now_ns)
             except Exception as error:  # noqa: BLE001 (a bug here must cost one plan, never the node)
@@ -174,7 +177,7 @@ class ControllerBridge:
                 self._pending = _Pending(plan, now_ns)
                 accepted = self._report_locked(Status(plan.plan_id, State.ACCEPTED, Code.NONE,
                                                       f"{verdict.reason}; waiting for standstill"))
-            self._tick(now_ns)
+            self._tick()
             return accepted
 
     def refuse(self, plan_id: str, code: Code, reason: str) -> Status:
@@ -182,12 +185,12 @@ class ControllerBridge:
         with self._lock:
             return self._report_locked(Status(plan_id, State.REJECTED, code, reason))
 
-    def tick(self, now_ns: int) -> None:
+    def tick(self) -> None:
         """Start a waiting plan once the robot is still; follow an executing one. Call at ``monitor_rate``."""
         with self._work:
-            self._tick(now_ns)
+            self._tick()
 
-    def estop(self, engaged: bool, now_ns: int) -> None:
+    def estop(self, engaged: bool) -> None:
         """Take the e-stop input; true latches: hold every controller once, end the plan, send nothing more."""
         with self._lock:
             self._estop_input = engaged
@@ -196,7 +199,7 @@ class ControllerBridge:
             self._latched = True
             self._output.send(self.checker.holds())
             self._end_locked(Code.ESTOP_LATCHED, "e-stop engaged: every controller holds; release eva/estop, then "
-                                                 "call eva/rearm", now_ns, holds_sent=True)
+                                                 "call eva/rearm", self._clock(), holds_sent=True)
 
     def rearm(self) -> tuple[bool, str]:
         """Unlatch the e-stop, unless its input is still true; returns ``(success, message)``."""
@@ -208,15 +211,15 @@ class ControllerBridge:
             self._latched = False
             return True, "re-armed: plans are accepted again"
 
-    def stop(self, reason: str, now_ns: int) -> None:
+    def stop(self, reason: str) -> None:
         """End a waiting or executing plan with CANCELLED; an executing one makes every controller hold."""
         with self._lock:
-            self._end_locked(Code.CANCELLED, reason, now_ns)
+            self._end_locked(Code.CANCELLED, reason, self._clock())
 
-    def diagnostics(self, now_ns: int) -> Diagnostics:
+    def diagnostics(self) -> Diagnostics:
         """The bridge's health for ``/diagnostics``."""
         with self._lock:
-            reading, pending, executing = self._reading, self._pending, self._executing
+            reading, pending, executing, now_ns = self._reading, self._pending, self._executing, self._clock()
             latched, counts, last_problem = self._latched, dict(self._counts), self._last_problem
         joint_problem = self.checker.joint_state_problem(reading, now_ns)
         if executing:
@@ -237,9 +240,10 @@ class ControllerBridge:
                   **{f"count.{name.lower()}": str(counts.get(name, 0)) for name in State.__members__}}
         return Diagnostics(level, message, values)
 
-    def _tick(self, now_ns: int) -> None:
+    def _tick(self) -> None:
         try:
             with self._lock:
+                now_ns = self._clock()
                 if self._executing is not None:
                     self._follow_locked(self._executing, now_ns)
                     return
@@ -248,7 +252,8 @@ class ControllerBridge:
                 self._try_start(pending, reading, still_since, now_ns)
         except Exception as error:  # noqa: BLE001 (never move the robot on doubt: hold, report, keep running)
             with self._lock:
-                self._end_locked(Code.INTERNAL_ERROR, f"monitoring failed: {error!r}; every controller holds", now_ns)
+                self._end_locked(Code.INTERNAL_ERROR, f"monitoring failed: {error!r}; every controller holds",
+                                 self._clock())
 
     def _try_start(self, pending: _Pending, reading: JointReading | None, still_since: int | None,
                    now_ns: int) -> None:
@@ -271,11 +276,12 @@ class ControllerBridge:
             if not verdict.accepted:
                 self._report_locked(Status(plan_id, State.REJECTED, verdict.code, f"at start: {verdict.reason}"))
                 return
-            start_ns = now_ns + round(self.config.start_delay * NS_PER_S)
+            sent_ns = self._clock()  # the check took time: start_delay counts from now, not from the reading
+            start_ns = sent_ns + round(self.config.start_delay * NS_PER_S)
             trajectory = verdict.trajectory
             self._output.send(self.checker.commands(trajectory, start_ns))
             self._executing = _Execution(plan_id, trajectory, start_ns,
-                                         start_ns + round(trajectory.duration * NS_PER_S), now_ns)
+                                         start_ns + round(trajectory.duration * NS_PER_S), sent_ns)
             names = ", ".join(controller.name for controller in self.checker.controllers)
             self._report_locked(Status(plan_id, State.EXECUTING, Code.NONE,
                                        f"sent to {names}; starts in {self.config.start_delay:g} s"))

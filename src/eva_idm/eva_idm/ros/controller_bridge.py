@@ -72,9 +72,9 @@ class ControllerBridgeNode(LifecycleNode):
                           for controller in controllers}
         self._status = self.create_lifecycle_publisher(ExecutionStatus, "eva/execution_status", LATCHED)
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._bridge = ControllerBridge(checker, self)
+        self._bridge = ControllerBridge(checker, self, self._now_ns)
         if self._latch_carried:
-            self._bridge.estop(True, self._now_ns())
+            self._bridge.estop(True)
         safety, joints, work = (MutuallyExclusiveCallbackGroup() for _ in range(3))
         subscriptions = [
             self.create_subscription(Bool, "eva/estop", self._on_estop, ESTOP, callback_group=safety),
@@ -128,7 +128,7 @@ class ControllerBridgeNode(LifecycleNode):
     def hold(self, reason: str) -> None:
         """End the plan (if any) with CANCELLED, every controller holding; wait until the holds are delivered."""
         if self._bridge is not None and self._bridge.busy:
-            self._bridge.stop(reason, self._now_ns())
+            self._bridge.stop(reason)
             for publisher in self._commands.values():
                 publisher.wait_for_all_acked(RclpyDuration(seconds=FLUSH_S))
 
@@ -155,7 +155,7 @@ class ControllerBridgeNode(LifecycleNode):
 
     def _on_estop(self, message: Bool) -> None:
         if self._bridge is not None:
-            self._bridge.estop(bool(message.data), self._now_ns())
+            self._bridge.estop(bool(message.data))
 
     def _on_rearm(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         response.success, response.message = False, "controller_bridge is not configured"
@@ -177,16 +177,16 @@ class ControllerBridgeNode(LifecycleNode):
         except Exception as error:  # noqa: BLE001 (a message we cannot read is refused, never a crash)
             self._bridge.refuse(message.plan_id, Code.INTERNAL_ERROR, f"reading the GatedPlan failed: {error!r}")
             return
-        self._bridge.submit(plan, self._now_ns())
+        self._bridge.submit(plan)
 
     def _on_tick(self) -> None:
         if self._bridge is not None:
-            self._bridge.tick(self._now_ns())
+            self._bridge.tick()
 
     def _publish_diagnostics(self) -> None:
         if self._bridge is None:
             return
-        health = self._bridge.diagnostics(self._now_ns())
+        health = self._bridge.diagnostics()
         status = DiagnosticStatus(level=bytes([int(health.level)]), name=f"{self.get_name()}: execution",
                                   message=health.message, hardware_id=self._bridge.checker.embodiment.name,
                                   values=[KeyValue(key=key, value=value) for key, value in health.values.items()])
