@@ -120,7 +120,8 @@ class Robot:
         self.joint_states = node.create_publisher(JointState, "joint_states", qos_profile_sensor_data)
         self.plans = node.create_publisher(GatedPlan, "eva/gated_plan", qos(10))
         self.estop_publisher = node.create_publisher(Bool, "eva/estop", qos(1, True))
-        self.timer = node.create_timer(1.0 / rate, self._tick)
+        self.period_s, self.last_published = 1.0 / rate, 0.0  # steady-clock time of the newest joint_states
+        self.timer = node.create_timer(self.period_s, self._tick)
 
     def now_ns(self) -> int:
         return self.peer.node.get_clock().now().nanoseconds
@@ -153,13 +154,25 @@ class Robot:
         message = JointState(name=list(NAMES), position=self.pose.tolist(), velocity=self.velocity.tolist())
         message.header.stamp.sec, message.header.stamp.nanosec = divmod(now, NS)
         self.joint_states.publish(self.corrupt(message) if self.corrupt else message)
+        self.last_published = time.monotonic()
 
     def send(self, plan_id: str, trajectory: Trajectory, at_image: np.ndarray | None = None, **changes):
+        self.catch_up()
         message = gated_plan(plan_id, trajectory, self.pose if at_image is None else at_image, self.now_ns())
         for name, value in changes.items():
             setattr(message, name, value)
         self.publish(message)
         return message
+
+    def catch_up(self) -> None:
+        """Publish fresh joint_states first if this process stalled (say, gating a plan on a loaded machine).
+
+        The robot's joint_states go quiet while the test computes; a plan sent right after would be
+        refused as stale, correctly, but that is not what the test is about.
+        """
+        if self.publishing and time.monotonic() - self.last_published > 2 * self.period_s:
+            stalled_at = time.monotonic()
+            self.peer.spin_until(lambda: self.last_published > stalled_at, 10, "fresh joint_states")
 
     def publish(self, message) -> None:
         self.peer.spin_until(lambda: self.plans.get_subscription_count() > 0, 60, "eva/gated_plan to match")
@@ -272,7 +285,9 @@ def test_a_good_plan_moves_both_arms_together_and_succeeds(bridge):
     assert (final.state, final.code, final.progress) == (SUCCEEDED, 0, 1.0), final.reason
     assert final.max_tracking_error < 0.15
     progress = [s.progress for s in robot.statuses["good"] if s.state == EXECUTING]
-    assert len(progress) >= 5 and progress == sorted(progress) and 0.0 < progress[-1] < 1.0
+    # Progress is the share of the plan's time elapsed: it may reach 1.0 while the arms settle on the goal.
+    assert len(progress) >= 5 and progress == sorted(progress) and all(0.0 <= p <= 1.0 for p in progress)
+    assert any(0.0 < p < 1.0 for p in progress), progress
     np.testing.assert_allclose(robot.pose, trajectory.positions[-1], atol=1e-9)
     assert len(robot.received) == 2 and process.poll() is None
     robot.peer.spin_until(lambda: any(s.name == "controller_bridge: execution" for array in robot.diagnostics
