@@ -5,6 +5,7 @@ Examples::
     eva convert world-model eva_i2v_14B.ckpt weights/eva-transformer \
         --transformer-config weights/Wan2.1-I2V-14B-480P-Diffusers/transformer
     eva convert idm IDM_singleview.pt weights/idm --backbone-depth 50 --input-size 512 512
+    eva convert original-wan weights/Wan2.1-I2V-14B-480P weights/Wan2.1-I2V-14B-480P-Diffusers
 
 Unpickling can run code, so the pickles are opened with ``torch.load(weights_only=True)`` and nothing
 else; robots and training jobs then load only the safetensors directories written here:
@@ -16,6 +17,10 @@ else; robots and training jobs then load only the safetensors directories writte
 * ``idm``: ``IDM_singleview.pt`` -> an IDM checkpoint directory (``config.json`` + ``model.safetensors``)
   for ``--idm``. The flags describe the network the file holds (defaults: the released ResNet-50 at
   512x512, frames t-1, t, t+1 at 16 fps); the file's normalisation statistics are kept.
+* ``original-wan``: the original ``Wan2.1-I2V-14B-480P`` directory (``config.json``, DiT shards, the
+  VAE, T5 and CLIP ``.pth`` pickles, the tokenizer) -> a diffusers-format directory (``model_index.json``
+  + component folders of safetensors) for ``--model``. The planner also reads the original directory
+  directly, but then unpickles on every start.
 
 An existing ``OUT_DIR`` is refused, and the output appears only once complete, so an interrupted
 conversion never leaves a directory that looks loadable.
@@ -48,6 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     world.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="new directory to write")
     world.add_argument("--transformer-config", type=Path, metavar="DIR",
                        help="base model's transformer/config.json or its folder (default: Wan2.1-I2V-14B)")
+    wan_help = "the original Wan2.1-I2V-14B-480P directory -> a diffusers-format directory (safetensors)"
+    wan = kinds.add_parser("original-wan", help=wan_help, description=wan_help)
+    wan.add_argument("checkpoint", type=Path, metavar="WAN_DIR", help="the original Wan2.1 I2V directory")
+    wan.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="new directory to write")
     idm_help = "the released IDM_singleview.pt -> an IDM checkpoint directory (safetensors)"
     idm = kinds.add_parser("idm", help=idm_help, description=idm_help)
     idm.add_argument("checkpoint", type=Path, metavar="IDM.pt", help="the released IDM pickle")
@@ -66,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"OUT_DIR: {args.out_dir} already exists; conversion never overwrites, choose a new folder")
     out_dir, usage = CONVERTERS[args.kind](args)
     files = sorted(path.name for path in out_dir.iterdir())
-    size_mb = sum(path.stat().st_size for path in out_dir.iterdir()) / 1e6
+    size_mb = sum(path.stat().st_size for path in out_dir.rglob("*") if path.is_file()) / 1e6
     print(f"wrote {out_dir} ({', '.join(files)}; {size_mb:.1f} MB); use it with {usage}")
     return 0
 
@@ -77,6 +86,14 @@ def convert_world_model(args: argparse.Namespace) -> tuple[Path, str]:
 
     out_dir = convert_checkpoint(args.checkpoint, args.out_dir, args.transformer_config)
     return out_dir, f"eva plan ... --model WAN_DIR --transformer {out_dir}"
+
+
+def convert_original_wan(args: argparse.Namespace) -> tuple[Path, str]:
+    """The original Wan2.1 I2V directory -> a diffusers-format model directory."""
+    from eva_planner.original_wan import convert_original_wan as convert
+
+    out_dir = convert(args.checkpoint, args.out_dir)
+    return out_dir, f"eva plan ... --model {out_dir} (or the planner's model parameter)"
 
 
 def convert_idm(args: argparse.Namespace) -> tuple[Path, str]:
@@ -105,4 +122,5 @@ def idm_config(args: argparse.Namespace):
 CONVERTERS: dict[str, Callable[[argparse.Namespace], tuple[Path, str]]] = {
     "world-model": convert_world_model,
     "idm": convert_idm,
+    "original-wan": convert_original_wan,
 }

@@ -266,10 +266,12 @@ def load_world_model(
     device: str = "cpu",
     cpu_offload: str = "none",
 ) -> WorldModel:
-    """A :class:`WorldModel` from a local diffusers-format Wan2.1 I2V directory.
+    """A :class:`WorldModel` from a local Wan2.1 I2V directory, diffusers-format or original.
 
     Args:
-        directory: the ``Wan2.1-I2V-14B-480P-Diffusers`` layout (``model_index.json`` + components).
+        directory: the ``Wan2.1-I2V-14B-480P-Diffusers`` layout (``model_index.json`` + components), or
+            the original ``Wan2.1-I2V-14B-480P`` one (``config.json`` + ``.pth`` files, no
+            ``model_index.json``), which :func:`eva_planner.original_wan.load_original_wan` reads.
         transformer_directory: a diffusers transformer directory used instead of ``directory/transformer``,
             e.g. EVA's weights written by :func:`convert_checkpoint`.
         lora_adapters: PEFT adapter directories, applied in order.
@@ -282,7 +284,14 @@ def load_world_model(
             ``"model"`` none, so that loading never holds them all on the device at once. LoRA
             adapters are merged where the transformer will rest.
     """
+    from eva_planner import original_wan  # imported here: it builds on this module
+
     directory = Path(directory)
+    if original_wan.is_original_wan_directory(directory):
+        return original_wan.load_original_wan(
+            directory, transformer_directory=transformer_directory, lora_adapters=lora_adapters,
+            merge_lora=merge_lora, dtype=dtype, vae_dtype=vae_dtype, device=device, cpu_offload=cpu_offload,
+        )  # fmt: skip
     for name, value in (("dtype", dtype), ("vae_dtype", vae_dtype)):
         if value not in DTYPES:
             raise ValueError(f"{name} must be one of {tuple(DTYPES)}, got {value!r}")
@@ -329,7 +338,10 @@ def _read_model_index(directory: Path) -> dict[str, str]:
     """Component name -> class name from ``model_index.json``, each checked against :data:`COMPONENTS`."""
     path = directory / MODEL_INDEX
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; {directory} is not a diffusers-format model directory")
+        raise FileNotFoundError(
+            f"{path}: not found; {directory} is neither a diffusers-format model directory nor an original Wan "
+            "one (config.json)"
+        )
     data = _read_json(path)
     if data.get("_class_name") != PIPELINE_CLASS:
         raise CheckpointError(f"{path}: _class_name is {data.get('_class_name')!r}, expected {PIPELINE_CLASS!r}")
