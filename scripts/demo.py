@@ -14,6 +14,7 @@ arm (PNG), a JSON report with tracking errors, the run as MCAP, and every node's
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import sys
@@ -34,8 +35,8 @@ from eva_training.demo_assets import choose_oracle_episode, demo_idm_cached, ens
 from eva_training.plots import Series, plot_arm_trajectories
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "demo_out"
-CACHE = ROOT / ".cache" / "eva-demo"
+DEFAULT_OUT = ROOT / "demo_out"
+DEFAULT_CACHE = ROOT / ".cache" / "eva-demo"
 LAUNCH = ROOT / "launch" / "sim.launch.xml"
 MANAGED = ("controller_bridge", "idm_node", "planner_node")
 ORACLE_FRAMES = 49
@@ -48,6 +49,11 @@ RESULTS[ExecuteInstruction.Result.NONE] = "SUCCEEDED"
 def say(text: str) -> None:
     """Print a demo step."""
     print(text, flush=True)
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it (what a newcomer typed)."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def write_config(directory: Path, oracle_episode: Path, start_pose: np.ndarray, camera: tuple[int, int]) -> None:
@@ -159,15 +165,16 @@ def write_mcap(client: StackClient, path: Path) -> dict[str, int]:
         return dict(writer.counts)
 
 
-def write_outputs(client: StackClient, outcome: GoalOutcome, checkpoint: Path, rejected: GoalOutcome) -> dict:
+def write_outputs(out: Path, client: StackClient, outcome: GoalOutcome, checkpoint: Path,
+                  rejected: GoalOutcome) -> dict:
     """The plan video, the decode/spline/measured PNG and the JSON report; returns the report."""
     import imageio.v3 as iio
 
     embodiment = load_embodiment("aloha_agilex")
     plan = next(message for _, message in client.recorded.plans if message.plan_id == outcome.result.plan_id)
     frames = decode_visual_plan(plan)
-    iio.imwrite(OUT / "plan.mp4", frames, plugin="FFMPEG", fps=plan.fps, codec="libx264")
-    iio.imwrite(OUT / "plan.gif", frames, extension=".gif", duration=1000.0 / plan.fps, loop=0)
+    iio.imwrite(out / "plan.mp4", frames, plugin="FFMPEG", fps=plan.fps, codec="libx264")
+    iio.imwrite(out / "plan.gif", frames, extension=".gif", duration=1000.0 / plan.fps, loop=0)
     idm = load_checkpoint(checkpoint, embodiment.name, embodiment.joint_names)
     decoded = idm.decode_video(frames, fps=plan.fps).numpy()
     time_scale = outcome.result.report.time_scale or 1.0  # the gate plays the plan this much slower
@@ -192,43 +199,57 @@ def write_outputs(client: StackClient, outcome: GoalOutcome, checkpoint: Path, r
         statuses = client.recorded.statuses_for(plan.plan_id)
         report["bridge_max_tracking_error"] = max((status.max_tracking_error for status in statuses), default=None)
     plot_arm_trajectories(series, embodiment, f"oracle plan {plan.model_id}: decode, executed spline, measured",
-                          OUT / "joints.png")
-    report["mcap_messages"] = write_mcap(client, OUT / "run.mcap")
-    (OUT / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+                          out / "joints.png")
+    report["mcap_messages"] = write_mcap(client, out / "run.mcap")
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
 
 
-def main() -> int:
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    """The demo's two places: where it writes its outputs and where it caches the trained IDM."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory, replaced on every run "
+                        "(default: demo_out/)")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the demo's IDM is trained once "
+                        "and kept (default: .cache/eva-demo/)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
     """Run the demo; 0 when the tiny plan was rejected and the oracle plan executed."""
+    arguments = parse_arguments(argv)
+    out, cache = arguments.out.resolve(), arguments.cache.resolve()
+    if out.is_dir() and any(out.iterdir()) and not (out / "config").is_dir():
+        raise SystemExit(f"demo: {out} is not empty and holds no earlier demo output; choose another --out")
     started = time.monotonic()
-    shutil.rmtree(OUT, ignore_errors=True)
-    OUT.mkdir(parents=True)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     say("EVA demo: the closed loop on the simulated aloha-agilex, with tiny models on this CPU.")
-    say("\n[1/3] The demo's IDM (trained once on synthetic episodes, then cached in .cache/eva-demo)")
-    if not demo_idm_cached(CACHE):
+    say(f"\n[1/3] The demo's IDM (trained once on synthetic episodes, then cached in {shown(cache)})")
+    if not demo_idm_cached(cache):
         say("    first run: rendering 8 synthetic episodes and training the IDM on them (about 5 minutes on 2 cores)")
-    assets = ensure_demo_idm(CACHE)
+    assets = ensure_demo_idm(cache)
     say("    reproduce it with:\n" + "\n".join(f"      {command}" for command in assets.commands))
     choice = choose_oracle_episode(assets, ORACLE_FRAMES)
     accepted = sum(verdict.executable for verdict in choice.verdicts.values())
     say(f"    oracle episode {choice.record.episode_id} ({accepted} of {len(choice.verdicts)} episodes checked "
         "pass the gate offline)")
-    config_dir = OUT / "config"
+    config_dir = out / "config"
     write_config(config_dir, choice.record.files.hdf5_path, choice.record.actions[0], choice.record.image_size)
 
     say("\n[2/3] Tiny random world model -> IDM -> gate (its plans are noise: the gate must say no, and why)")
-    rejected, _ = run_stack(config_dir, config_dir / "planner_tiny.yaml", assets.checkpoint, OUT / "logs" / "tiny",
+    rejected, _ = run_stack(config_dir, config_dir / "planner_tiny.yaml", assets.checkpoint, out / "logs" / "tiny",
                             "pick up the red block")
     say("\n[3/3] Oracle plan (a synthetic episode's video) -> IDM -> gate -> bridge -> simulated arms")
     instruction = choice.record.instructions.seen[0] if choice.record.instructions.seen else "Move both arms."
     executed, client = run_stack(config_dir, config_dir / "planner_oracle.yaml", assets.checkpoint,
-                                 OUT / "logs" / "oracle", instruction)
-    report = write_outputs(client, executed, assets.checkpoint, rejected)
+                                 out / "logs" / "oracle", instruction)
+    report = write_outputs(out, client, executed, assets.checkpoint, rejected)
     ok = rejected.result.error_code == ExecuteInstruction.Result.REJECTED_BY_GATE and executed.succeeded
     say(f"\nSummary ({time.monotonic() - started:.0f} s): tiny plan {report['rejected_plan']['result']}; "
         f"oracle plan {report['oracle_plan']['result']}"
         + (f", max tracking error {report['tracking_error']['max']:.3f}" if "tracking_error" in report else ""))
-    say(f"Outputs in {OUT.relative_to(ROOT)}/: plan.mp4, plan.gif, joints.png, report.json, run.mcap, logs/")
+    say(f"Outputs in {shown(out)}/: plan.mp4, plan.gif, joints.png, report.json, run.mcap, logs/")
     return 0 if ok else 1
 
 
