@@ -132,6 +132,29 @@ def test_progress_and_cancellation_span_all_candidates(world_model, image, score
     assert (cancelled.value.completed_steps, cancelled.value.steps) == (6, 12)
 
 
+def test_batched_candidates_are_the_plans_of_their_seeds(world_model, image, scorer, pose, three):
+    batched = best_of_n(world_model, image, INSTRUCTION, dataclasses.replace(CONFIG, candidate_batch=2), 3, scorer,
+                        pose)  # a batch of two, then one
+    assert [score.seed for score in batched.candidates] == [11, 12, 13]
+    for together, alone in zip(batched.candidates, three.candidates, strict=True):
+        assert together.reward == pytest.approx(alone.reward, abs=1e-3)
+        assert together.verdict == alone.verdict
+    assert batched.best_index == three.best_index and batched.best.seed == three.best.seed
+    torch.testing.assert_close(batched.best.latents, three.best.latents, rtol=1e-4, atol=1e-4)
+
+
+def test_progress_and_cancellation_count_every_candidate_of_a_batch(world_model, image, scorer, pose):
+    progress: list[tuple[int, int]] = []
+    with pytest.raises(PlanningCancelled) as cancelled:
+        best_of_n(
+            world_model, image, INSTRUCTION, dataclasses.replace(CONFIG, candidate_batch=2), 3, scorer, pose,
+            should_stop=lambda: len(progress) == 5,
+            on_step=lambda done, total: progress.append((done, total)),
+        )  # fmt: skip
+    assert progress == [(2, 12), (4, 12), (6, 12), (8, 12), (9, 12)]  # two candidates per step, then one
+    assert (cancelled.value.completed_steps, cancelled.value.steps) == (9, 12)
+
+
 def test_the_scorer_reports_a_missing_pose_as_a_verdict(scorer, three):
     score = scorer.score(three.best.frames, three.best.fps, None)
     assert (score.verdict, score.executable, score.seed) == ("NO_JOINT_STATE", False, None)

@@ -266,6 +266,17 @@ def test_batched_guidance_and_per_token_modulation_give_the_same_plan(world_mode
         torch.testing.assert_close(plan.latents, reference.latents, rtol=1e-4, atol=1e-4)
 
 
+def test_a_batch_of_seeds_gives_each_seeds_own_plan(world_model, image, reference):
+    other = world_model.generate(image, INSTRUCTION, dataclasses.replace(TINY_SAMPLER_CONFIG, seed=5))
+    plans = world_model.generate_batch(image, INSTRUCTION, TINY_SAMPLER_CONFIG, (TINY_SAMPLER_CONFIG.seed, 5))
+    assert [plan.seed for plan in plans] == [TINY_SAMPLER_CONFIG.seed, 5] and plans[1].config.seed == 5
+    for together, alone in zip(plans, (reference, other), strict=True):
+        torch.testing.assert_close(together.latents, alone.latents, rtol=1e-4, atol=1e-4)
+        assert np.abs(together.frames.astype(int) - alone.frames).max() <= 1
+    with pytest.raises(ValueError, match="seeds: need at least one"):
+        world_model.generate_batch(image, INSTRUCTION, TINY_SAMPLER_CONFIG, ())
+
+
 def test_euler_solver_runs_on_the_same_sigmas(world_model, image, reference):
     plan = world_model.generate(image, INSTRUCTION, dataclasses.replace(TINY_SAMPLER_CONFIG, solver="euler"))
     assert torch.equal(plan.latents[:, :, :1], reference.latents[:, :, :1])
@@ -333,7 +344,8 @@ def test_a_malformed_image_is_rejected_naming_the_problem(world_model, bad_image
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("num_frames", 10), ("height", 50), ("solver", "ddim"), ("guidance_history", -1.0), ("dtype", "int8")],
+    [("num_frames", 10), ("height", 50), ("solver", "ddim"), ("guidance_history", -1.0), ("dtype", "int8"),
+     ("candidate_batch", 0)],
 )
 def test_invalid_sampler_settings_name_the_field_and_value(field, value):
     with pytest.raises(ValueError, match=rf"{field}.*{value}"):

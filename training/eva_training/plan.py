@@ -54,6 +54,7 @@ SAMPLER_FLAGS = {
     "vae_tile_size": "--vae-tile-size",
     "vae_tile_stride": "--vae-tile-stride",
     "attention_backend": "--attention-backend",
+    "candidate_batch": "--candidate-batch",
 }
 
 
@@ -99,6 +100,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="tiled decode: distance between tiles, multiple of 8, at most the tile size")
     options.add_argument("--attention-backend", metavar="NAME",
                          help="diffusers attention backend, e.g. native, _native_cudnn, flash, _flash_3, sage")
+    options.add_argument("--candidate-batch", metavar="K", type=int,
+                         help="best-of-N candidates denoised together (faster on a GPU, K x the activation memory)")
 
 
 def run(args: argparse.Namespace) -> int:

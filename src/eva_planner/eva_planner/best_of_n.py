@@ -11,9 +11,10 @@ Every candidate is scored on exactly the pixels consumers will see: its frames a
 will be published (PNG by default, :mod:`eva_idm.frames`) and decoded back before the IDM runs, and
 the score carries the hash a ``VisualPlan`` of those frames would carry.
 
-Candidates run one after the other. Batching them through the transformer would save little on a
-GPU the 14B model already fills, and would multiply the activation memory; sequential sampling
-also keeps only the best plan so far in memory.
+Candidates run ``config.candidate_batch`` at a time (:meth:`WorldModel.generate_batch`): one after
+the other by default, which keeps the transformer's activation memory at one plan's and only the
+best plan so far in memory; batched where memory allows, which is faster on a GPU the model does
+not fill. Either way candidate ``i`` is the plan of seed ``config.seed + i``.
 
 ROS-free: the planner node and ``eva plan`` share this module.
 """
@@ -174,32 +175,51 @@ def best_of_n(
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n: must be a whole number >= 1, got {n!r}")
+    seeds = candidate_seeds(config.seed, n)
     total_steps = n * config.steps
     best: PlanResult | None = None
     candidates: list[CandidateScore] = []
-    for index, seed in enumerate(candidate_seeds(config.seed, n)):
-        done_before = index * config.steps
+    for first in range(0, n, config.candidate_batch):
+        batch = seeds[first : first + config.candidate_batch]
+        done_before = first * config.steps
         try:
-            plan = world_model.generate(
-                image,
-                instruction,
-                dataclasses.replace(config, seed=seed),
-                should_stop=should_stop,
-                on_step=_overall_progress(on_step, done_before, total_steps),
-            )
+            plans = _sample(world_model, image, instruction, config, batch, should_stop,
+                            _overall_progress(on_step, done_before, total_steps, len(batch)))
         except PlanningCancelled as cancelled:
-            raise PlanningCancelled(done_before + cancelled.completed_steps, total_steps) from cancelled
-        candidates.append(dataclasses.replace(scorer.score(plan.frames, plan.fps, measured_positions), seed=seed))
-        if select_best(candidates) == index:
-            best = plan
+            raise PlanningCancelled(done_before + cancelled.completed_steps * len(batch), total_steps) from cancelled
+        for seed, plan in zip(batch, plans, strict=True):
+            score = scorer.score(plan.frames, plan.fps, measured_positions)
+            candidates.append(dataclasses.replace(score, seed=seed))
+            if select_best(candidates) == len(candidates) - 1:
+                best = plan
     best_index = select_best(candidates)
     return BestOfNResult(best, best_index, tuple(candidates), candidates[best_index].executable)
 
 
+def _sample(
+    world_model: WorldModel,
+    image: np.ndarray,
+    instruction: str,
+    config: SamplerConfig,
+    seeds: Sequence[int],
+    should_stop: Callable[[], bool] | None,
+    on_step: Callable[[int, int], None] | None,
+) -> list[PlanResult]:
+    """The plans of ``seeds``: one ``generate`` call for a single seed (any world model), else one batch."""
+    if len(seeds) == 1:
+        plan = world_model.generate(image, instruction, dataclasses.replace(config, seed=seeds[0]),
+                                    should_stop=should_stop, on_step=on_step)
+        return [plan]
+    return world_model.generate_batch(image, instruction, config, seeds, should_stop=should_stop, on_step=on_step)
+
+
 def _overall_progress(
-    on_step: Callable[[int, int], None] | None, done_before: int, total_steps: int
+    on_step: Callable[[int, int], None] | None, done_before: int, total_steps: int, candidates: int = 1
 ) -> Callable[[int, int], None] | None:
-    """One candidate's ``on_step(done, steps)`` reported as progress over all candidates."""
+    """A batch's ``on_step(done, steps)`` as progress over all candidates.
+
+    One step of a batch of ``candidates`` plans counts once per candidate.
+    """
     if on_step is None:
         return None
-    return lambda done, _steps: on_step(done_before + done, total_steps)
+    return lambda done, _steps: on_step(done_before + done * candidates, total_steps)

@@ -85,6 +85,7 @@ class PlannerNodeConfig:
     frame_format: str = setting("png", "encoding of the plan's frames: png or rgb8")
     goal_timeout: float = setting(900.0, "overall limit of an eva/execute goal that sets none [s]")
     best_of_n: int = setting(1, "candidates sampled and ranked by executability per plan; > 1 needs idm_checkpoint")
+    candidate_batch: int = setting(1, "best-of-N candidates denoised together (faster on a GPU, more memory)")
     idm_checkpoint: str = setting("", "IDM checkpoint directory used to rank best-of-N candidates; '' = none")
     embodiment: str = setting("aloha_agilex", "embodiment name or YAML path (best-of-N, the oracle's joint order)")
     diagnostics_period: float = setting(1.0, "period of the /diagnostics status [s]")
@@ -156,6 +157,7 @@ class PlannerNodeConfig:
             clip_preprocessing=self.clip_preprocessing,
             modulation=self.modulation,
             batch_guidance=self.batch_guidance,
+            candidate_batch=self.candidate_batch,
             cpu_offload=self.cpu_offload,
             vae_decode=self.vae_decode,
             vae_tile_size=self.vae_tile_size,

@@ -38,7 +38,7 @@ import contextlib
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -100,6 +100,11 @@ class SamplerConfig:
       (diffusers' stock per-token path; same numbers, far more memory);
     * ``batch_guidance``: run the guidance passes as one batch (faster on a GPU, more memory)
       instead of one after the other.
+    * ``candidate_batch``: how many best-of-N candidates :meth:`WorldModel.generate_batch` samples
+      together through the transformer (one batch per step instead of one plan after the other;
+      the transformer's activation memory grows with it). Each candidate keeps its own seed's
+      noise, so a batched candidate is the plan :meth:`WorldModel.generate` makes with that seed
+      (equal up to floating-point reordering).
 
     Memory and speed options (``docs/world_model_options.md``):
 
@@ -137,6 +142,7 @@ class SamplerConfig:
     clip_preprocessing: Literal["eva", "processor"] = "eva"
     modulation: Modulation = "per_frame"
     batch_guidance: bool = False
+    candidate_batch: int = 1
     num_threads: int | None = None
     cpu_offload: Literal["none", "text_encoder", "model"] = "none"
     vae_decode: Literal["full", "tiled"] = "full"
@@ -166,6 +172,9 @@ class SamplerConfig:
             value = getattr(self, name)
             if not (np.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if isinstance(self.candidate_batch, bool) or not isinstance(self.candidate_batch, int) \
+                or self.candidate_batch < 1:
+            raise ValueError(f"candidate_batch must be a whole number >= 1, got {self.candidate_batch!r}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"num_threads must be at least 1 (or None for torch's default), got {self.num_threads}")
         _check_choice("cpu_offload", self.cpu_offload, CPU_OFFLOADS)
@@ -428,6 +437,27 @@ class WorldModel:
         True, :class:`PlanningCancelled` is raised. ``on_step(completed, total)`` runs after each step.
         """
         config = config or SamplerConfig()
+        (plan,) = self.generate_batch(image, instruction, config, (config.seed,), should_stop=should_stop,
+                                      on_step=on_step)
+        return plan
+
+    def generate_batch(
+        self,
+        image: np.ndarray,
+        instruction: str,
+        config: SamplerConfig,
+        seeds: Sequence[int],
+        *,
+        should_stop: Callable[[], bool] | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> list[PlanResult]:
+        """One plan per seed of ``seeds``, denoised together as one batch (``config.seed`` is not used).
+
+        The prompt and the image are encoded once; each plan is decoded on its own, so decode
+        memory does not grow with the batch. Every plan carries the timings of the whole batch.
+        """
+        if not seeds:
+            raise ValueError("seeds: need at least one seed")
         if not isinstance(instruction, str):
             raise TypeError(f"instruction must be a str, got {type(instruction).__name__}")
         frame = prepare_image(image, config.height, config.width)
@@ -447,12 +477,15 @@ class WorldModel:
                 self._stage("denoise", config),
                 attention_backend(config.attention_backend),
             ):
-                latents = self._denoise(history, prompt, negative, clip_features, config, should_stop, on_step)
+                latents = self._denoise(history, prompt, negative, clip_features, config, seeds, should_stop,
+                                        on_step)
             _raise_if_stopped(should_stop, config.steps, config.steps)
             with _timed(timings, "decode", config.device), self._stage("decode", config):
-                frames = self.decode_latents(latents, config)
+                videos = [self.decode_latents(latents[index : index + 1], config) for index in range(len(seeds))]
         timings["total"] = time.perf_counter() - started
-        return PlanResult(frames, latents.cpu(), config.fps, config.seed, instruction, timings, config)
+        return [PlanResult(frames, latents[index : index + 1].cpu(), config.fps, seed, instruction, timings,
+                           dataclasses.replace(config, seed=seed))
+                for index, (seed, frames) in enumerate(zip(seeds, videos, strict=True))]
 
     def encode_prompt(self, text: str, config: SamplerConfig) -> Tensor:
         """The cached umT5 embedding of ``text``, ``(1, 512, text_dim)``, on ``config.device``."""
@@ -569,12 +602,17 @@ class WorldModel:
         negative: Tensor | None,
         clip_features: Tensor,
         config: SamplerConfig,
+        seeds: Sequence[int],
         should_stop: Callable[[], bool] | None,
         on_step: Callable[[int, int], None] | None,
     ) -> Tensor:
-        generator = torch.Generator("cpu").manual_seed(config.seed)
+        """Final latents ``(len(seeds), z, frames, h, w)``; each sample draws its noise from its own seed."""
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         shape = (1, self.vae.config.z_dim, config.latent_frames, *history.shape[3:])
-        latents = torch.randn(shape, generator=generator).to(config.device)
+        latents = torch.cat([torch.randn(shape, generator=generator) for generator in generators]).to(config.device)
+        batch = len(seeds)
+        prompt, clip_features = prompt.expand(batch, -1, -1), clip_features.expand(batch, -1, -1)
+        negative = None if negative is None else negative.expand(batch, -1, -1)
         scheduler = make_scheduler(config, self.scheduler_config)
         sigmas = eva_sigmas(config.steps, config.shift, scheduler.config.num_train_timesteps)
         timesteps = sigmas[:-1] * scheduler.config.num_train_timesteps
@@ -582,7 +620,7 @@ class WorldModel:
         for step, timestep in enumerate(timesteps):
             _raise_if_stopped(should_stop, step, config.steps)
             latents[:, :, :1] = history
-            frame_timesteps = torch.full((1, config.latent_frames), timestep, device=config.device)
+            frame_timesteps = torch.full((batch, config.latent_frames), timestep, device=config.device)
             frame_timesteps[:, 0] = history_timestep
             passes = [(latents, frame_timesteps, prompt)]
             weights = [1.0 + config.guidance_language + config.guidance_history]
@@ -590,7 +628,8 @@ class WorldModel:
                 passes.append((latents, frame_timesteps, negative))
                 weights.append(-config.guidance_language)
             if config.guidance_history:
-                noise = torch.randn(history.shape, generator=generator).to(config.device)
+                noise = torch.cat([torch.randn(history.shape, generator=generator)
+                                   for generator in generators]).to(config.device)
                 no_history = torch.cat([noise, latents[:, :, 1:]], dim=2)
                 no_history_timesteps = frame_timesteps.clone()
                 no_history_timesteps[:, 0] = timesteps[0]
@@ -610,7 +649,7 @@ class WorldModel:
         """Float32 velocities of each ``(latents, frame_timesteps, text)`` pass, batched if configured."""
         if config.batch_guidance and len(passes) > 1:
             latents, frame_timesteps, texts = (torch.cat(parts) for parts in zip(*passes, strict=True))
-            images = clip_features.expand(len(passes), *clip_features.shape[1:])
+            images = torch.cat([clip_features] * len(passes))
             batched = predict_velocity(self.transformer, latents, frame_timesteps, texts, images, config.modulation)
             return list(batched.float().chunk(len(passes)))
         return [
