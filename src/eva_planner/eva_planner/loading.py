@@ -292,9 +292,7 @@ def load_world_model(
             directory, transformer_directory=transformer_directory, lora_adapters=lora_adapters,
             merge_lora=merge_lora, dtype=dtype, vae_dtype=vae_dtype, device=device, cpu_offload=cpu_offload,
         )  # fmt: skip
-    for name, value in (("dtype", dtype), ("vae_dtype", vae_dtype)):
-        if value not in DTYPES:
-            raise ValueError(f"{name} must be one of {tuple(DTYPES)}, got {value!r}")
+    check_dtypes(dtype, vae_dtype)
     resident = resident_components(cpu_offload)  # checks the value, naming cpu_offload
     index = _read_model_index(directory)
     folders = {name: directory / name for name in COMPONENTS}
@@ -322,6 +320,13 @@ def load_world_model(
     for name, component in world_model.components.items():
         component.to(device if name in resident else "cpu")
     return world_model
+
+
+def check_dtypes(dtype: str, vae_dtype: str) -> None:
+    """Fail naming the loading option whose dtype is not one of :data:`DTYPES`, before anything loads."""
+    for name, value in (("dtype", dtype), ("vae_dtype", vae_dtype)):
+        if value not in DTYPES:
+            raise ValueError(f"{name} must be one of {tuple(DTYPES)}, got {value!r}")
 
 
 def _apply_adapters(transformer: WanTransformer3DModel, adapters: Sequence[Path], merge: bool) -> list[str]:

@@ -59,6 +59,7 @@ from eva_planner.loading import (
     _load_model,
     _read_json,
     _weight_files,
+    check_dtypes,
     check_state_against_model,
     diffusers_to_original_key,
     original_to_diffusers_state_dict,
@@ -579,9 +580,7 @@ def load_original_wan(
     ``config.json`` are not read.
     """
     directory = Path(directory)
-    for name, value in (("dtype", dtype), ("vae_dtype", vae_dtype)):
-        if value not in DTYPES:
-            raise ValueError(f"{name} must be one of {tuple(DTYPES)}, got {value!r}")
+    check_dtypes(dtype, vae_dtype)
     resident = resident_components(cpu_offload)  # checks the value, naming cpu_offload
     override = Path(transformer_directory) if transformer_directory is not None else None
     dtypes = {"transformer": DTYPES[dtype], "text_encoder": DTYPES[dtype], "vae": DTYPES[vae_dtype],
