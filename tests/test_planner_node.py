@@ -278,6 +278,30 @@ def test_malformed_images_are_dropped_with_a_reason_and_planning_goes_on(planner
 
 
 @pytest.mark.ros
+def test_a_compressed_camera_is_planned_from_and_a_corrupt_frame_is_dropped(planner, ros_peer):
+    from sensor_msgs.msg import CompressedImage
+
+    from eva_idm.frames import encode_frame
+
+    raw = rgb_image(stamp=(9, 0))
+    camera = ros_peer.node.create_publisher(CompressedImage, "head_camera/image_raw/compressed", qos())
+    robot = Robot(ros_peer)  # joint states only: this camera is compressed
+    process = planner("-p", "image_transport:=compressed")
+    ros_peer.spin_until(lambda: camera.get_subscription_count() > 0, 30, "the compressed camera topic to match")
+    camera.publish(CompressedImage(format="jpeg", data=b"not an image"))
+    ros_peer.spin_until(lambda: "data: 12 bytes of format 'jpeg' are not a decodable image" in process.log(), 30,
+                        "the node to log the corrupt frame")
+    pixels = np.frombuffer(bytes(raw.data), np.uint8).reshape(raw.height, raw.width, 3)
+    good = CompressedImage(header=raw.header, format="png", data=encode_frame(pixels).data)
+    ros_peer.spin_until(lambda: robot.sent_joint_states > 3, 30, "joint states to reach the node")
+    ros_peer.node.create_timer(0.1, lambda: camera.publish(good))  # a camera streams: no race with the instruction
+    robot.instruct("push the red block")
+    ros_peer.spin_until(lambda: bool(robot.plans), 60, "a plan from the compressed frame")
+    assert (robot.plans[0].header.stamp.sec, robot.plans[0].header.stamp.nanosec) == (9, 0)
+    assert decode_visual_plan(robot.plans[0]).shape == (9, 64, 64, 3) and process.poll() is None
+
+
+@pytest.mark.ros
 def test_execute_goal_succeeds_when_the_bridge_reports_the_plan_executed(planner, ros_peer):
     from action_msgs.msg import GoalStatus
 

@@ -256,6 +256,18 @@ def test_realtime_replay_plays_every_input_with_its_own_stamps(episode_bag, stac
 
 
 @pytest.mark.ros
+def test_a_sqlite3_bag_replays_like_an_mcap_one(episode_bag, stack, tmp_path):
+    bag = episodes_to_bag([episode_bag.parent / "data"], EpisodeBagConfig(output=tmp_path / "sqlite_bag",
+                                                                          storage="sqlite3", limit=1),
+                          progress=False).output
+    assert (bag / "metadata.yaml").is_file() and list(bag.glob("*.db3"))
+    summary_path = tmp_path / "sqlite.json"
+    stack.replay(str(bag), "--until", "report", "--summary", str(summary_path))
+    (run,) = json.loads(summary_path.read_text())["instructions"]
+    assert (run["instruction"], run["outcome"], run["plan_from_this_image"]) == (FIRST, "accepted_by_gate", True)
+
+
+@pytest.mark.ros
 def test_replay_without_a_stack_exits_non_zero_saying_what_is_missing(episode_bag, ros_domain, tmp_path):
     replay = eva_replay(ros_domain, str(episode_bag), "--wait-for-stack", "2", "--summary", str(tmp_path / "s.json"))
     output, _ = replay.communicate(timeout=60)
