@@ -138,8 +138,9 @@ def test_split_layout_clock_state_camera_and_the_trajectory_interface(start_node
     robot.wait_at(np.concatenate([target, HOME[RIGHT]]), "the left arm at its target")
     history = robot.states_since(first_stamp)
     assert all(np.array_equal(positions[RIGHT], HOME[RIGHT]) for _, positions in history), "the right arm moved"
-    assert all(np.array_equal(positions, HOME) for stamp, positions in history if stamp <= start), \
-        "the arm moved before the trajectory's stamp"
+    # At the tick on the stamp itself, float time can put the sample a femtosecond into the motion.
+    early = [(stamp, np.abs(positions - HOME).max()) for stamp, positions in history if stamp <= start]
+    assert all(moved < 1e-12 for _, moved in early), f"the arm moved before the trajectory's stamp: {early[-3:]}"
     assert "left_arm_controller/joint_trajectory: accepted 2 point(s) (cubic)" in robot.process.log()
 
     # An empty message stops the arm where it is.
