@@ -7,7 +7,7 @@ SHELL := /bin/bash
 ENV := source scripts/env.sh &&
 PYTEST_ARGS ?=
 
-.PHONY: help setup build test lint demo bench-transport bench-idm bench-loop shell run constraints clean
+.PHONY: help setup build test lint demo bench-transport bench-idm bench-loop bench-planner shell run constraints clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ bench-idm: setup  ## synthesise 350 episodes, train the IDM for 30 min on CPU, e
 
 bench-loop: setup  ## closed-loop latency per stage, ROS overhead ratio, e-stop reaction -> benchmarks/results/
 	$(ENV) python benchmarks/loop.py
+
+bench-planner: setup  ## planner_node's overhead beside WorldModel.generate (tiny model, CPU) -> benchmarks/results/
+	$(ENV) python benchmarks/planner.py
 
 shell: setup  ## an interactive shell inside the workspace environment
 	$(ENV) exec bash -i
