@@ -25,7 +25,7 @@ from builtin_interfaces.msg import Duration, Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.duration import Duration as RclpyDuration
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.signals import SignalHandlerOptions
@@ -37,6 +37,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from eva_idm.bridge import ControllerBridge, Status
 from eva_idm.bridge_checks import NS_PER_S, Code, ControllerCommand, JointStateInput, PlanChecker, PlanInput, PointInput
 from eva_idm.bridge_config import YAML_HINT, BridgeConfig, load_bridge_setup
+from eva_idm.ros.executor import PatientMultiThreadedExecutor
 from eva_idm.ros.parameters import declare_parameters, read_config
 from eva_msgs.msg import ExecutionStatus, GatedPlan
 
@@ -244,7 +245,7 @@ def main(args: list[str] | None = None) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt)
     node = ControllerBridgeNode()
-    executor = MultiThreadedExecutor(num_threads=4)  # e-stop, joint states, plans + ticks, the default group
+    executor = PatientMultiThreadedExecutor(4)  # e-stop, joint states, plans + ticks, the default group
     executor.add_node(node)
     try:
         while rclpy.ok():

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+
+from eva_idm.ros.executor import PatientMultiThreadedExecutor
 
 
 def run_node(name: str, make_node: Callable[[], Node], num_threads: int, args: list[str] | None = None) -> int:
@@ -22,7 +24,7 @@ def run_node(name: str, make_node: Callable[[], Node], num_threads: int, args: l
         rclpy.logging.get_logger(name).fatal(f"cannot start: {error}")
         rclpy.try_shutdown()
         return 1
-    executor = SingleThreadedExecutor() if num_threads == 1 else MultiThreadedExecutor(num_threads=num_threads)
+    executor = SingleThreadedExecutor() if num_threads == 1 else PatientMultiThreadedExecutor(num_threads)
     executor.add_node(node)
     try:
         executor.spin()
