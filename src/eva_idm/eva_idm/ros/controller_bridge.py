@@ -8,7 +8,7 @@ enables the controller and status publishers; deactivate and shutdown make every
 if a plan is executing. The decisions are :class:`~eva_idm.bridge.ControllerBridge`'s; this node
 converts messages and wires the topics.
 
-Threads: a ``MultiThreadedExecutor``. The e-stop and ``eva/rearm`` have their own callback group,
+Threads: a ``PatientMultiThreadedExecutor``. The e-stop and ``eva/rearm`` have their own callback group,
 so no plan check or monitoring tick can delay them; ``joint_states`` has another; plans and the
 monitoring timer share a third. All stamps and ages use the node clock (``/clock`` under
 ``use_sim_time``).

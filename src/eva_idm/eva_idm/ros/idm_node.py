@@ -12,7 +12,7 @@ controller bridge. Plans on ``eva/plan/preview`` (the planner's ``plan_only`` go
 only: they are never forwarded. What to do with one plan is :func:`eva_idm.ros.report.verdict_messages`;
 this module only wires it up.
 
-Threads: a ``MultiThreadedExecutor``. Plans are judged one at a time in their own callback group;
+Threads: a ``PatientMultiThreadedExecutor``. Plans are judged one at a time in their own callback group;
 the lifecycle services and the ``/diagnostics`` timer stay in the default group and answer while
 the IDM runs.
 """

@@ -5,7 +5,7 @@ A plain node (DESIGN.md §3; nav2's manager is not available here). The sequenci
 and ``<node>/get_state`` services, offers ``~/startup`` and ``~/shutdown`` (std_srvs/Trigger) and
 reports on ``/diagnostics``.
 
-Threads: a ``MultiThreadedExecutor``. Startup, shutdown and the watch run one at a time in one
+Threads: a ``PatientMultiThreadedExecutor``. Startup, shutdown and the watch run one at a time in one
 callback group and block while they wait for the managed nodes; the service clients live in a
 second (reentrant) group, so other executor threads take their responses meanwhile. Timers and
 timeouts run on the steady clock: with ``use_sim_time`` the manager works before ``/clock`` runs,

@@ -5,7 +5,7 @@ A lifecycle node (DESIGN.md §3): configure reads the parameters into
 interfaces; activate enables the plan publishers, instructions and goals; deactivate stops a running
 plan at its next denoising step; cleanup frees the model.
 
-Threads: a ``MultiThreadedExecutor``. Camera, joint-state and verdict callbacks and the lifecycle
+Threads: a ``PatientMultiThreadedExecutor``. Camera, joint-state and verdict callbacks and the lifecycle
 services stay in the default group, so they run while a plan is computed; plans asked for on
 ``eva/instruction`` run in their own inference group. rclpy runs an action's execute callback as an
 executor task outside every callback group, so ``_busy`` lets one plan run at a time in either path.
