@@ -8,6 +8,9 @@ at 100 % CPU in that loop, plans judged several times slower, and planner stages
 seconds). This executor submits a task once; while a task waits for a worker, the main thread
 sleeps for a millisecond so that the workers get the GIL. Tasks that have started and suspended
 (coroutines awaiting a future) are resumed exactly as rclpy resumes them.
+
+It overrides rclpy's private ``_spin_once_impl`` (rclpy as pinned in requirements/constraints.txt);
+tests/test_executor.py checks the behaviour, so an rclpy that changes the method fails there first.
 """
 
 from __future__ import annotations
