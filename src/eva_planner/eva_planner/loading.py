@@ -302,8 +302,7 @@ def load_world_model(
         _check_component_files(name, folder)
 
     transformer = _load_model("transformer", WanTransformer3DModel, folders["transformer"], DTYPES[dtype])
-    transformer.to(device if "transformer" in resident else "cpu")
-    adapter_names = _apply_adapters(transformer, [Path(adapter) for adapter in lora_adapters], merge_lora)
+    adapter_names = rest_with_adapters(transformer, lora_adapters, merge_lora, device, resident)
     transformer_override = [folders["transformer"].name] if transformer_directory is not None else []
     world_model = WorldModel(
         transformer=transformer,
@@ -317,6 +316,22 @@ def load_world_model(
         scheduler_config=_read_json(folders["scheduler"] / "scheduler_config.json"),
         model_id="+".join([directory.name, *transformer_override, *adapter_names]),
     )
+    return placed(world_model, device, resident)
+
+
+def rest_with_adapters(transformer: WanTransformer3DModel, lora_adapters: Iterable[str | os.PathLike[str]],
+                       merge_lora: bool, device: str, resident: Sequence[str]) -> list[str]:
+    """Move ``transformer`` where it will rest, then apply the adapters there; their names.
+
+    Merged adapter weights are computed where they will stay. :func:`load_world_model` calls this
+    before it reads the other components, so the host need not hold them all at once.
+    """
+    transformer.to(device if "transformer" in resident else "cpu")
+    return _apply_adapters(transformer, [Path(adapter) for adapter in lora_adapters], merge_lora)
+
+
+def placed(world_model: WorldModel, device: str, resident: Sequence[str]) -> WorldModel:
+    """``world_model`` with its ``resident`` components on ``device`` and the others on the CPU."""
     for name, component in world_model.components.items():
         component.to(device if name in resident else "cpu")
     return world_model

@@ -54,7 +54,6 @@ from transformers import (
 from eva_planner.loading import (
     MODEL_INDEX,
     CheckpointError,
-    _apply_adapters,
     _check_component_files,
     _load_model,
     _read_json,
@@ -63,6 +62,8 @@ from eva_planner.loading import (
     check_state_against_model,
     diffusers_to_original_key,
     original_to_diffusers_state_dict,
+    placed,
+    rest_with_adapters,
     save_world_model,
 )
 from eva_planner.prompt_cache import TEXT_CONTEXT_LENGTH
@@ -586,18 +587,14 @@ def load_original_wan(
     dtypes = {"transformer": DTYPES[dtype], "text_encoder": DTYPES[dtype], "vae": DTYPES[vae_dtype],
               "image_encoder": torch.float32}  # fmt: skip
     components = _read_components(directory, override, dtypes)
-    transformer = components["transformer"]
-    transformer.to(device if "transformer" in resident else "cpu")
-    adapter_names = _apply_adapters(transformer, [Path(adapter) for adapter in lora_adapters], merge_lora)
+    adapter_names = rest_with_adapters(components["transformer"], lora_adapters, merge_lora, device, resident)
     overrides = [override.name] if override is not None else []
     world_model = WorldModel(
         **components,
         scheduler_config={"num_train_timesteps": NUM_TRAIN_TIMESTEPS},  # Wan's sampler settings
         model_id="+".join([directory.name, *overrides, *adapter_names]),
     )
-    for name, component in world_model.components.items():
-        component.to(device if name in resident else "cpu")
-    return world_model
+    return placed(world_model, device, resident)
 
 
 def convert_original_wan(directory: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
