@@ -63,13 +63,18 @@ def plan(trajectory: Trajectory, plan_id: str = "plan", image_ns: int = T0 - 60 
 
 
 class Recorder(BridgeOutput):
-    """The bridge's output, kept in order: ("send", commands) and ("status", Status) items."""
+    """The bridge's output, kept in order: ("send", commands) and ("status", Status) items, and each send's stamp."""
 
     def __init__(self) -> None:
         self.items: list[tuple[str, object]] = []
+        self.stamps: list[int] = []
 
-    def send(self, commands) -> None:
-        self.items.append(("send", tuple(commands)))
+    def prepare(self, commands):
+        return tuple(commands)
+
+    def publish(self, prepared, stamp_ns: int) -> None:
+        self.items.append(("send", prepared))
+        self.stamps.append(stamp_ns)
 
     def report(self, status: Status) -> None:
         self.items.append(("status", status))
@@ -122,7 +127,9 @@ class Robot:
 def make_bridge(config: BridgeConfig = CONFIG, checker_type: type[PlanChecker] = PlanChecker):
     embodiment, controllers = load_bridge_setup(config)
     output, clock = Recorder(), ManualClock()
-    return ControllerBridge(checker_type(config, embodiment, controllers), output, clock), output, clock
+    bridge = ControllerBridge(checker_type(config, embodiment, controllers), output, clock)
+    bridge.open()
+    return bridge, output, clock
 
 
 def still_bridge(config: BridgeConfig = CONFIG):
@@ -330,21 +337,18 @@ def test_joint_states_must_be_fresh_complete_finite_and_within_the_limits():
 
 def test_commands_split_the_motion_per_arm_with_one_stamp_and_grippers_optionally_in_metres():
     verdict = check(plan(motion()))
-    split = PlanChecker(CONFIG, EMBODIMENT, CONTROLLERS).commands(verdict.trajectory, T0)
-    assert [(c.controller, c.joint_names, c.stamp_ns) for c in split] == [
-        ("left_arm_controller", NAMES[:7], T0), ("right_arm_controller", NAMES[7:], T0)]
+    split = PlanChecker(CONFIG, EMBODIMENT, CONTROLLERS).commands(verdict.trajectory)
+    assert [(c.controller, c.joint_names, c.is_stop) for c in split] == [
+        ("left_arm_controller", NAMES[:7], False), ("right_arm_controller", NAMES[7:], False)]
     np.testing.assert_array_equal(np.hstack([c.positions for c in split]), verdict.trajectory.positions)
     np.testing.assert_array_equal(np.hstack([c.velocities for c in split]), verdict.trajectory.velocities)
     metres = dataclasses.replace(CONFIG, gripper_in_metres=True, controller_layout="combined")
     embodiment, controllers = load_bridge_setup(metres)
-    (combined,) = PlanChecker(metres, embodiment, controllers).commands(verdict.trajectory, T0)
+    (combined,) = PlanChecker(metres, embodiment, controllers).commands(verdict.trajectory)
     gripper = NAMES.index("right_gripper")
     np.testing.assert_allclose(combined.positions[:, gripper], verdict.trajectory.positions[:, gripper] * 0.0475)
     np.testing.assert_allclose(combined.velocities[:, gripper], verdict.trajectory.velocities[:, gripper] * 0.0475)
     np.testing.assert_array_equal(combined.positions[:, :6], verdict.trajectory.positions[:, :6])
-    holds = PlanChecker(CONFIG, EMBODIMENT, CONTROLLERS).holds()
-    assert [(h.controller, h.is_hold, h.joint_names) for h in holds] == [
-        ("left_arm_controller", True, NAMES[:7]), ("right_arm_controller", True, NAMES[7:])]
 
 
 def test_a_good_plan_starts_at_once_on_a_still_robot_and_succeeds_when_it_has_settled():
@@ -354,7 +358,7 @@ def test_a_good_plan_starts_at_once_on_a_still_robot_and_succeeds_when_it_has_se
     accepted = bridge.submit(plan(trajectory))
     assert accepted.state is State.ACCEPTED and "waiting for standstill" in accepted.reason
     (commands,) = output.sends()
-    assert [c.stamp_ns for c in commands] == [T0 + 100 * MS] * 2  # now + start_delay, the same for both arms
+    assert len(commands) == 2 and output.stamps == [T0 + 100 * MS]  # now + start_delay, one stamp for both arms
     end = robot.follow(T0 + 100 * MS, trajectory, T0 + 3 * NS_PER_S, T0)
     assert output.statuses()[:2] == [("plan", State.ACCEPTED, Code.NONE), ("plan", State.EXECUTING, Code.NONE)]
     assert output.statuses()[-1] == ("plan", State.SUCCEEDED, Code.NONE)
@@ -411,7 +415,7 @@ def test_the_plan_is_checked_again_at_the_start_with_the_pose_measured_then():
 
 
 @pytest.mark.parametrize(("disturbance", "code", "reason"), [
-    ("lag", Code.TRACKING_ERROR, "fl_joint1 measured .* \\|error\\| 0.2 > tolerance 0.15; every controller holds"),
+    ("lag", Code.TRACKING_ERROR, "fl_joint1 measured .* \\|error\\| 0.2 > tolerance 0.15; every controller stops \\(braking"),
     ("silence", Code.JOINT_STATES_STALE, "while executing: newest joint_states is 0.5[0-9]* s old"),
     ("nan", Code.JOINT_STATES_IMPLAUSIBLE, "while executing: joint_states: non-finite position nan of fr_joint6"),
     ("stuck", Code.TRACKING_ERROR, "goal not reached within goal_time 0.5 s after the end: fl_joint[1-6] at "),
@@ -438,22 +442,85 @@ def test_execution_faults_abort_the_plan_and_hold_both_arms(disturbance, code, r
         robot.follow(T0 + 100 * MS, short, T0 + 3 * NS_PER_S, now)
     assert output.statuses()[-1] == ("plan", State.ABORTED, code)
     assert re.search(reason, output.last().reason), output.last().reason
-    first, holds = output.sends()
-    assert not any(c.is_hold for c in first) and [h.is_hold for h in holds] == [True, True]
+    first, stops = output.sends()
+    assert not any(c.is_stop for c in first) and [c.is_stop for c in stops] == [True, True]
+    assert output.last().reason.endswith(")") and "every controller stops (braking" in output.last().reason
     assert not bridge.busy
 
 
-def test_one_plan_at_a_time():
-    bridge, output, _, clock = still_bridge()
+class CountingChecker(PlanChecker):
+    """Counts the (expensive) plan checks."""
+
+    checks = 0
+
+    def check(self, plan_input, reading, now_ns):
+        CountingChecker.checks += 1
+        return super().check(plan_input, reading, now_ns)
+
+
+def test_one_plan_at_a_time_and_busy_is_decided_before_any_check():
+    """A 10,000-point plan arriving while another runs must not hold up the running one's monitoring."""
+    bridge, output, clock = make_bridge(checker_type=CountingChecker)
+    Robot(bridge, clock).still(T0 - NS_PER_S, T0)
     clock.now_ns = T0
     bridge.submit(plan(motion(), "first"))
+    checks = CountingChecker.checks
     clock.now_ns = T0 + 10 * MS
     busy = bridge.submit(plan(motion(), "second"))
     assert (busy.state, busy.code) == (State.REJECTED, Code.BUSY) and "plan 'first' is running" in busy.reason
     clock.now_ns = T0 + 20 * MS
     malformed = bridge.submit(dataclasses.replace(plan(motion(), "third"), joint_names=NAMES[::-1]))
-    assert malformed.code is Code.MALFORMED_TRAJECTORY  # its own fault first
+    assert malformed.code is Code.BUSY and CountingChecker.checks == checks  # neither was checked
     assert len(output.sends()) == 1
+
+
+def test_a_closed_bridge_refuses_plans_unchecked_and_close_stops_a_plan_between_check_and_send():
+    bridge, output, clock = make_bridge(checker_type=CountingChecker)
+    Robot(bridge, clock).still(T0 - NS_PER_S, T0)
+    clock.now_ns = T0
+    bridge.close("shutting down")
+    checks = CountingChecker.checks
+    refused = bridge.submit(plan(motion()))
+    assert (refused.code, refused.reason) == (Code.CANCELLED, "controller_bridge is not active")
+    assert CountingChecker.checks == checks and output.sends() == []
+    BlockingChecker.reset()
+    bridge, output, clock = make_bridge(checker_type=BlockingChecker)
+    Robot(bridge, clock).still(T0 - NS_PER_S, T0)
+    clock.now_ns = T0
+    worker = threading.Thread(target=bridge.submit, args=(plan(motion()),))
+    worker.start()
+    assert BlockingChecker.checking.wait(10)
+    assert not bridge.close("shutting down")  # mid-check: nothing was sent yet, so nothing to stop
+    BlockingChecker.release.set()
+    worker.join(10)
+    assert output.statuses() == [("plan", State.REJECTED, Code.CANCELLED)] and output.sends() == []
+
+
+class FailingOutput(Recorder):
+    """Publishes the first controller's message, then fails: one arm has its command, the other not."""
+
+    def publish(self, prepared, stamp_ns: int) -> None:
+        if not any(command.is_stop for command in prepared):
+            super().publish(prepared[:1], stamp_ns)
+            raise RuntimeError("publisher gone")
+        super().publish(prepared, stamp_ns)
+
+
+def test_a_failure_while_sending_a_plan_stops_every_controller():
+    embodiment, controllers = load_bridge_setup(CONFIG)
+    output, clock = FailingOutput(), ManualClock()
+    bridge = ControllerBridge(PlanChecker(CONFIG, embodiment, controllers), output, clock)
+    bridge.open()
+    Robot(bridge, clock).still(T0 - NS_PER_S, T0)
+    clock.now_ns = T0
+    bridge.submit(plan(motion()))
+    assert output.statuses()[-1] == ("plan", State.ABORTED, Code.INTERNAL_ERROR)
+    assert "sending the plan failed: RuntimeError('publisher gone')" in output.last().reason
+    (half, stops) = output.sends()
+    assert [c.controller for c in half] == ["left_arm_controller"]
+    assert [(c.controller, c.is_stop) for c in stops] == [("left_arm_controller", True), ("right_arm_controller", True)]
+    np.testing.assert_allclose(np.hstack([c.positions[-1] for c in stops]), START, atol=1e-12)  # held where it stood
+    assert not bridge.busy
 
 
 def test_the_estop_latches_holds_once_and_rearming_needs_it_released():
@@ -465,7 +532,7 @@ def test_the_estop_latches_holds_once_and_rearming_needs_it_released():
     clock.now_ns = T0 + 400 * MS
     bridge.estop(True)
     assert output.statuses()[-1] == ("moving", State.ABORTED, Code.ESTOP_LATCHED)
-    assert [[c.is_hold for c in commands] for commands in output.sends()] == [[False, False], [True, True]]
+    assert [[c.is_stop for c in commands] for commands in output.sends()] == [[False, False], [True, True]]
     clock.now_ns = T0 + 410 * MS
     bridge.estop(True)  # still pressed: nothing more is sent
     robot.still(T0 + 400 * MS, T0 + 2 * NS_PER_S)
@@ -481,6 +548,71 @@ def test_the_estop_latches_holds_once_and_rearming_needs_it_released():
     assert output.statuses()[-1] == ("after rearm", State.EXECUTING, Code.NONE) and len(output.sends()) == 3
 
 
+def test_the_stop_brakes_from_the_state_commanded_at_its_stamp():
+    """The stop continues what the controllers were commanded: no step in position, velocity or acceleration."""
+    bridge, output, robot, clock = still_bridge()
+    trajectory = motion()
+    clock.now_ns = T0
+    bridge.submit(plan(trajectory))
+    sent = output.sends()[0]
+    robot.follow(output.stamps[0], trajectory, T0 + 500 * MS, T0)
+    clock.now_ns = T0 + 500 * MS
+    bridge.estop(True)
+    stops, stamp = output.sends()[-1], output.stamps[-1]
+    assert stamp == clock.now_ns + round(CONFIG.stop_lead * NS_PER_S)
+    executed = Trajectory(NAMES, sent[0].times, np.hstack([c.positions for c in sent]),
+                          np.hstack([c.velocities for c in sent]))
+    commanded = sample(executed, (stamp - output.stamps[0]) / NS_PER_S)
+    assert np.abs(commanded[1]).max() > 0.1  # the arms were moving
+    for got, want in zip((np.hstack([c.positions[0] for c in stops]), np.hstack([c.velocities[0] for c in stops]),
+                          np.hstack([c.accelerations[0] for c in stops])), commanded, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-9)
+    np.testing.assert_array_equal(np.hstack([c.velocities[-1] for c in stops]), 0.0)
+    stop = Trajectory(NAMES, stops[0].times, np.hstack([c.positions for c in stops]),
+                      np.hstack([c.velocities for c in stops]), np.hstack([c.accelerations for c in stops]))
+    remaining = np.abs(trajectory.positions[-1] - stop.positions[-1])
+    assert remaining.max() > 0.05  # stopped short of the plan's end
+
+
+class SteadyClock:
+    """A steady clock the tests set, in seconds."""
+
+    def __init__(self) -> None:
+        self.now_s = 0.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def test_a_silent_estop_source_latches_when_a_heartbeat_is_required():
+    config = dataclasses.replace(CONFIG, estop_heartbeat_timeout=0.5)
+    embodiment, controllers = load_bridge_setup(config)
+    output, clock, steady = Recorder(), ManualClock(), SteadyClock()
+    bridge = ControllerBridge(PlanChecker(config, embodiment, controllers), output, clock, steady)
+    bridge.open()
+    Robot(bridge, clock).still(T0 - NS_PER_S, T0)
+    clock.now_ns = T0
+    for beat in range(5):  # false every 0.4 s: alive
+        steady.now_s = 0.4 * beat
+        bridge.estop(False)
+        bridge.check_estop_heartbeat()
+    assert not bridge.latched
+    steady.now_s = 1.6 + 0.51
+    bridge.check_estop_heartbeat()
+    assert bridge.latched
+    assert bridge.diagnostics().message.startswith("e-stop latched (no eva/estop message for 0.51 s "
+                                                   "(estop_heartbeat_timeout 0.5 s))")
+    assert [[c.is_stop for c in commands] for commands in output.sends()] == [[True, True]]  # a hold where it stands
+    ok, message = bridge.rearm()
+    assert not ok and "the e-stop source must be alive before re-arming" in message
+    bridge.estop(False)
+    assert bridge.rearm() == (True, "re-armed: plans are accepted again")
+    silent = ControllerBridge(PlanChecker(CONFIG, embodiment, controllers), Recorder(), clock, steady)
+    steady.now_s += 100.0
+    silent.check_estop_heartbeat()
+    assert not silent.latched  # no heartbeat configured: silence is not a fault
+
+
 def test_an_estop_while_idle_or_waiting_holds_without_commanding_a_plan():
     bridge, output, clock = make_bridge()
     bridge.joint_state(joints(START, T0, np.full(14, 0.5)))  # moving: the plan waits
@@ -489,7 +621,7 @@ def test_an_estop_while_idle_or_waiting_holds_without_commanding_a_plan():
     clock.now_ns = T0 + 10 * MS
     bridge.estop(True)
     assert output.statuses()[-1] == ("plan", State.REJECTED, Code.ESTOP_LATCHED)
-    assert [[c.is_hold for c in commands] for commands in output.sends()] == [[True, True]]
+    assert [[c.is_stop for c in commands] for commands in output.sends()] == [[True, True]]
 
 
 class BlockingChecker(PlanChecker):
@@ -522,7 +654,7 @@ def test_an_estop_during_a_plan_check_is_not_overtaken_by_that_plan():
     BlockingChecker.release.set()
     worker.join(10)
     assert output.statuses() == [("plan", State.REJECTED, Code.ESTOP_LATCHED)]
-    assert [[c.is_hold for c in commands] for commands in output.sends()] == [[True, True]]
+    assert [[c.is_stop for c in commands] for commands in output.sends()] == [[True, True]]
 
 
 def test_joint_states_that_arrive_during_a_long_check_are_judged_at_the_time_of_the_decision():
@@ -543,7 +675,7 @@ def test_joint_states_that_arrive_during_a_long_check_are_judged_at_the_time_of_
     checking.join(10)
     monitor.join(10)
     assert output.statuses() == [("plan", State.ACCEPTED, Code.NONE), ("plan", State.EXECUTING, Code.NONE)]
-    assert [c.stamp_ns for c in output.sends()[0]] == [T0 + 600 * MS] * 2  # start_delay from the decision
+    assert output.stamps == [T0 + 600 * MS]  # start_delay from the decision
 
 
 class BrokenChecker(PlanChecker):
@@ -569,11 +701,11 @@ def test_stop_holds_an_executing_plan_and_diagnostics_tell_the_state():
     clock.now_ns = T0 + 600 * MS
     health = bridge.diagnostics()
     assert health.message == "executing plan 'plan' (50%)" and health.values["count.accepted"] == "1"
-    bridge.stop("controller_bridge deactivated")
+    assert bridge.close("controller_bridge deactivated")
     assert output.statuses()[-1] == ("plan", State.ABORTED, Code.CANCELLED)
-    assert [c.is_hold for c in output.sends()[-1]] == [True, True]
+    assert [c.is_stop for c in output.sends()[-1]] == [True, True]
     clock.now_ns = T0 + 700 * MS
-    bridge.stop("again")  # nothing running: nothing sent
+    assert not bridge.close("again")  # nothing running: nothing sent
     assert len(output.sends()) == 2
     clock.now_ns = T0 + 2 * NS_PER_S
     assert bridge.diagnostics().level is Level.WARN  # joint_states now stale

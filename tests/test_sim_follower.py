@@ -111,17 +111,17 @@ def test_before_point_0_the_arrival_state_is_interpolated_to_point_0_as_jtc_does
     np.testing.assert_allclose(now_arm.commanded[0], [1.0, 1.0, 1.0])
 
 
-def test_points_in_the_past_are_dropped_and_the_arm_does_not_jump():
+def test_a_late_trajectory_is_sampled_where_it_should_be_now_as_jtc_does():
+    """JTC (traj.cpp:173-206) interpolates between the points around now and ignores the state at arrival."""
     arm = follower()
     late = command(point(0.5, (2.0, 2.0, 1.0)), point(1.5, (1.0, 1.0, 1.0)), point(2.5, (0.0, 1.0, 1.0)),
                    stamp=T0 - 1.0)
-    assert "2 point(s)" in arm.receive(late, T0)
+    assert "late: sampled from now" in arm.receive(late, T0)
     arm.update(T0)
-    np.testing.assert_allclose(arm.commanded[0], START)  # from where it stands, not the stale first point
-    advance(arm, T0, T0 + 0.25)
-    np.testing.assert_allclose(arm.commanded[0], [0.5, 0.5, 0.75], atol=1e-9)
-    advance(arm, T0 + 0.25, T0 + 1.0)
+    np.testing.assert_allclose(arm.commanded[0], [1.5, 1.5, 1.0], atol=1e-9)  # halfway from point 0 to point 1
+    advance(arm, T0, T0 + 1.0)
     np.testing.assert_allclose(arm.commanded[0], [0.5, 1.0, 1.0], atol=1e-9)
+    assert arm.end_time == pytest.approx(T0 + 1.5)
 
 
 def test_a_trajectory_ending_in_the_past_is_rejected():
@@ -141,20 +141,18 @@ def test_a_new_message_replaces_the_old_one():
     np.testing.assert_allclose(arm.measured_positions, [-1.0, -1.0, 0.0])
 
 
-def test_an_empty_message_stops_and_holds_the_measured_position():
+def test_an_empty_message_is_rejected_with_jtcs_reason_and_the_motion_goes_on():
+    """Since ros2_controllers PR #902 JTC rejects an empty trajectory (cpp:1695-1699): it is no stop."""
     arm = follower(time_constant=0.05)
     arm.receive(command(point(1.0, (1.0, 1.0, 1.0))), T0)
     advance(arm, T0, T0 + 0.5)
-    measured = arm.measured_positions
-    assert not np.allclose(measured, arm.commanded[0], atol=1e-3)  # it lags
-    assert "stopped" in arm.receive(command(), T0 + 0.5)
+    with pytest.raises(CommandError, match=r"^Empty trajectory received\.$"):
+        arm.receive(command(), T0 + 0.5)
     advance(arm, T0 + 0.5, T0 + 2.0)
-    np.testing.assert_allclose(arm.commanded[0], measured)
-    np.testing.assert_allclose(arm.measured_positions, measured)
-    np.testing.assert_allclose(arm.measured_velocities, 0.0, atol=1e-12)
-    assert arm.status == "stopped" and arm.end_time is None
+    np.testing.assert_allclose(arm.commanded[0], [1.0, 1.0, 1.0])
+    assert arm.status == "finished"
     with pytest.raises(CommandError, match=r"joint_names: empty; arm needs all of \['j1', 'j2', 'j3'\]"):
-        arm.receive(command(names=()), T0 + 2.0)  # JTC refuses a message without names, a stop included
+        arm.receive(command(names=()), T0 + 2.0)  # names are checked first, as in JTC
 
 
 BAD_COMMANDS = [

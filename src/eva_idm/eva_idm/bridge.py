@@ -10,32 +10,42 @@ so it is tested without ROS.
 
 One plan at a time, stop-and-go (DESIGN.md §3)::
 
-    submit --checks fail--> REJECTED (code, reason); nothing is sent
-       |--e-stop latched / another plan running--> REJECTED ESTOP_LATCHED / BUSY
+    submit --closed / e-stop latched / another plan running--> REJECTED CANCELLED / ESTOP_LATCHED / BUSY
+       |     (decided before the plan is checked: a large plan cannot hold up a running one)
+       |--checks fail--> REJECTED (code, reason); nothing is sent
        v
     ACCEPTED --robot not still for standstill_window within standstill_timeout--> REJECTED NOT_STANDSTILL
        |--checks fail again with the pose measured now--> REJECTED (code, reason)
        v  every controller gets its slice, point 0 = measured pose, one start stamp now + start_delay
     EXECUTING (progress at status_rate) --tracking error / stale or implausible joint_states /
-       |                                  goal not measured within goal_time--> ABORTED; every controller holds
+       |                                  goal not measured within goal_time--> ABORTED; every controller stops
        v  measured (at a stamp >= end + settle_time) within the goal tolerances
     SUCCEEDED
 
-The e-stop (true = stop) latches: every controller gets one empty trajectory (hold), a waiting or
-executing plan ends with ESTOP_LATCHED, and nothing is sent until :meth:`ControllerBridge.rearm`,
-which is refused while the e-stop input is still true. :meth:`ControllerBridge.stop` (deactivate,
-shutdown) holds every controller if a plan is executing.
+**Stops.** Every stop (e-stop, abort, close) sends each controller a stop trajectory
+(:mod:`eva_idm.stopping`): braking from the state the bridge commanded at the stop's start stamp
+to rest within the acceleration and jerk limits, then holding. Never an empty trajectory, which a
+real JointTrajectoryController rejects while it goes on with the previous one.
 
-Threads: ``joint_state``, ``estop``, ``rearm`` and ``stop`` may be called from any thread at any
-time; they take only a short lock, so a plan being checked cannot delay an e-stop. ``submit`` and
-``tick`` serialise with each other and check plans outside that lock; before sending, they re-take
-it and find out whether an e-stop or a stop came in meanwhile. Commands and statuses are handed to
-the output under the lock, so a hold can never be overtaken by a command decided before it.
+The e-stop (true = stop) latches: every controller gets a stop, a waiting or executing plan ends
+with ESTOP_LATCHED, and nothing but stops is sent until :meth:`ControllerBridge.rearm`, which is
+refused while the e-stop input is still true (or, with ``estop_heartbeat_timeout``, while the
+e-stop source is silent; silence latches too). :meth:`ControllerBridge.close` (deactivate,
+shutdown, exit) refuses plans until :meth:`ControllerBridge.open` and stops an executing one.
+
+Threads: ``joint_state``, ``estop``, ``rearm``, ``open`` and ``close`` may be called from any
+thread at any time; they take only a short lock, so a plan being checked cannot delay an e-stop.
+``submit`` and ``tick`` serialise with each other, and check and build plans outside that lock;
+before sending, they re-take it and find out whether an e-stop or a close came in meanwhile. The
+executing state is set before a plan's commands go out, and a failure while sending them stops
+every controller. Commands and statuses are handed to the output under the lock, so a stop can
+never be overtaken by a command decided before it.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -54,6 +64,7 @@ from eva_idm.bridge_checks import (
     PlanInput,
     State,
 )
+from eva_idm.stopping import CommandedState
 from eva_idm.trajectory import Trajectory, sample
 
 
@@ -87,10 +98,17 @@ class Diagnostics:
 
 
 class BridgeOutput(Protocol):
-    """Where the bridge's decisions go; the node publishes them, tests record them."""
+    """Where the bridge's decisions go; the node publishes them, tests record them.
 
-    def send(self, commands: Sequence[ControllerCommand]) -> None:
-        """Publish one trajectory per controller, in order, now."""
+    Sending is two steps so that a plan's start stamp is set only after its messages exist:
+    building a 10,000-point message takes longer than the start delay may allow.
+    """
+
+    def prepare(self, commands: Sequence[ControllerCommand]) -> object:
+        """Build one message per command, without a stamp; called outside the bridge's lock."""
+
+    def publish(self, prepared: object, stamp_ns: int) -> None:
+        """Give every prepared message ``stamp_ns`` and publish them in order, now."""
 
     def report(self, status: Status) -> None:
         """Publish an execution status."""
@@ -112,26 +130,50 @@ class _Execution:
     max_error: float = 0.0
 
 
-class ControllerBridge:
-    """The bridge's state machine (see the module docstring)."""
+@dataclass(frozen=True, eq=False)
+class _Commanded:
+    """The last trajectory sent (a plan or a stop) and its start stamp: what the controllers command."""
 
-    def __init__(self, checker: PlanChecker, output: BridgeOutput, clock: Callable[[], int]):
-        """Decide with ``checker``, hand commands and statuses to ``output``; ``clock()`` is the time in ns."""
+    trajectory: Trajectory
+    start_ns: int
+
+    def state(self, at_ns: int) -> CommandedState:
+        elapsed = max(0.0, (at_ns - self.start_ns) / NS_PER_S)
+        return CommandedState(*sample(self.trajectory, elapsed))
+
+
+class ControllerBridge:
+    """The bridge's state machine (see the module docstring); closed until :meth:`open`."""
+
+    def __init__(self, checker: PlanChecker, output: BridgeOutput, clock: Callable[[], int],
+                 steady_clock: Callable[[], float] = time.monotonic):
+        """Decide with ``checker``, hand commands and statuses to ``output``; ``clock()`` is the time in ns.
+
+        ``steady_clock()`` (seconds) times the e-stop heartbeat: a watchdog measures real silence,
+        whatever the node clock (sim time may stall) does.
+        """
         self.checker, self.config, self._output, self._clock = checker, checker.config, output, clock
+        self._steady = steady_clock
         arm_tracking, arm_goal = self.config.tracking_tolerance, self.config.goal_tolerance
         grippers = checker.embodiment.gripper_mask()
         self._tracking_tolerance = np.where(grippers, self.config.gripper_tracking_tolerance, arm_tracking)
         self._goal_tolerance = np.where(grippers, self.config.gripper_goal_tolerance, arm_goal)
+        self._strict_bounds = checker.embodiment.position_bounds(with_tolerance=False)
         self._lock = threading.Lock()  # state, and the order of everything handed to the output
         self._work = threading.Lock()  # serialises submit and tick
         self._reading: JointReading | None = None
         self._still_since_ns: int | None = None
+        self._closed = True
         self._estop_input = False
+        self._estop_heard_s = steady_clock()  # silence since construction counts against the heartbeat
         self._latched = False
+        self._latch_reason = ""
         self._pending: _Pending | None = None
         self._executing: _Execution | None = None
+        self._commanded: _Commanded | None = None
         self._counts: Counter[str] = Counter()
         self._last_problem = ""
+        self._last_stop = ""
 
     @property
     def latched(self) -> bool:
@@ -141,7 +183,8 @@ class ControllerBridge:
     @property
     def busy(self) -> bool:
         """True while a plan waits for standstill or executes."""
-        return self._pending is not None or self._executing is not None
+        with self._lock:
+            return self._busy_locked()
 
     def joint_state(self, sample_input: JointStateInput) -> None:
         """Take the newest ``joint_states``: judged once, and followed for standstill."""
@@ -159,6 +202,9 @@ class ControllerBridge:
         """Check a plan and accept it (starting it at once if the robot is still), or say why not."""
         with self._work:
             with self._lock:
+                refusal = self._refusal_locked(plan.plan_id)
+                if refusal:
+                    return self._report_locked(refusal)
                 reading, now_ns = self._reading, self._clock()
             try:
                 verdict = self.checker.check(plan, reading, now_ns)
@@ -167,13 +213,9 @@ class ControllerBridge:
             with self._lock:
                 if not verdict.accepted:
                     return self._report_locked(Status(plan.plan_id, State.REJECTED, verdict.code, verdict.reason))
-                if self._latched:
-                    return self._report_locked(Status(plan.plan_id, State.REJECTED, Code.ESTOP_LATCHED,
-                                                      "e-stop latched: release eva/estop, then call eva/rearm"))
-                if self.busy:
-                    running = (self._pending.plan.plan_id if self._pending else self._executing.plan_id)
-                    return self._report_locked(Status(plan.plan_id, State.REJECTED, Code.BUSY,
-                                                      f"plan {running!r} is running; one plan at a time"))
+                refusal = self._refusal_locked(plan.plan_id)  # an e-stop or a close during the check
+                if refusal:
+                    return self._report_locked(refusal)
                 self._pending = _Pending(plan, now_ns)
                 accepted = self._report_locked(Status(plan.plan_id, State.ACCEPTED, Code.NONE,
                                                       f"{verdict.reason}; waiting for standstill"))
@@ -191,44 +233,65 @@ class ControllerBridge:
             self._tick()
 
     def estop(self, engaged: bool) -> None:
-        """Take the e-stop input; true latches: hold every controller once, end the plan, send nothing more."""
+        """Take an e-stop message; true latches: every controller stops, the plan ends, only stops follow."""
         with self._lock:
             self._estop_input = engaged
-            if not engaged or self._latched:
-                return
-            self._latched = True
-            self._output.send(self.checker.holds())
-            self._end_locked(Code.ESTOP_LATCHED, "e-stop engaged: every controller holds; release eva/estop, then "
-                                                 "call eva/rearm", self._clock(), holds_sent=True)
+            self._estop_heard_s = self._steady()
+            if engaged:
+                self._latch_locked("e-stop engaged")
+
+    def check_estop_heartbeat(self) -> None:
+        """Latch the e-stop when ``estop_heartbeat_timeout`` is set and no e-stop message came that long."""
+        timeout = self.config.estop_heartbeat_timeout
+        with self._lock:
+            silence = self._steady() - self._estop_heard_s
+            if timeout > 0.0 and silence > timeout:
+                self._latch_locked(f"no eva/estop message for {silence:.3g} s (estop_heartbeat_timeout {timeout:g} s)")
 
     def rearm(self) -> tuple[bool, str]:
-        """Unlatch the e-stop, unless its input is still true; returns ``(success, message)``."""
+        """Unlatch the e-stop, unless its input is still true or its source is silent; ``(success, message)``."""
+        timeout = self.config.estop_heartbeat_timeout
         with self._lock:
             if self._estop_input:
                 return False, "eva/estop is still true: release the e-stop before re-arming"
+            silence = self._steady() - self._estop_heard_s
+            if timeout > 0.0 and silence > timeout:
+                return False, (f"no eva/estop message for {silence:.3g} s (estop_heartbeat_timeout {timeout:g} s): "
+                               "the e-stop source must be alive before re-arming")
             if not self._latched:
                 return True, "the e-stop is not latched; nothing to re-arm"
-            self._latched = False
+            self._latched, self._latch_reason = False, ""
             return True, "re-armed: plans are accepted again"
 
-    def stop(self, reason: str) -> None:
-        """End a waiting or executing plan with CANCELLED; an executing one makes every controller hold."""
+    def open(self) -> None:
+        """Accept plans (the node's activate)."""
         with self._lock:
+            self._closed = False
+
+    def close(self, reason: str) -> bool:
+        """Refuse plans from now on; end a waiting plan, stop an executing one. True when a stop was sent."""
+        with self._lock:
+            self._closed = True
+            executing = self._executing is not None
             self._end_locked(Code.CANCELLED, reason, self._clock())
+            return executing
 
     def diagnostics(self) -> Diagnostics:
         """The bridge's health for ``/diagnostics``."""
         with self._lock:
             reading, pending, executing, now_ns = self._reading, self._pending, self._executing, self._clock()
             latched, counts, last_problem = self._latched, dict(self._counts), self._last_problem
+            latch_reason, closed, last_stop = self._latch_reason, self._closed, self._last_stop
         joint_problem = self.checker.joint_state_problem(reading, now_ns)
         if executing:
             progress = self._progress(executing, now_ns)
             state = f"executing plan {executing.plan_id!r} ({progress:.0%})"
+        elif pending:
+            state = f"waiting for standstill: plan {pending.plan.plan_id!r}"
         else:
-            state = f"waiting for standstill: plan {pending.plan.plan_id!r}" if pending else "idle"
+            state = "closed" if closed else "idle"
         if latched:
-            level, message = Level.ERROR, "e-stop latched: release eva/estop, then call eva/rearm"
+            level, message = Level.ERROR, f"e-stop latched ({latch_reason}): release eva/estop, then call eva/rearm"
         elif joint_problem:
             level, message = Level.WARN, joint_problem[1]
         else:
@@ -236,9 +299,25 @@ class ControllerBridge:
         values = {"state": state, "estop_latched": str(latched), "estop_input": str(self._estop_input),
                   "controllers": ", ".join(controller.name for controller in self.checker.controllers),
                   "update_rate_hz": f"{self.checker.rate_hz:g}", "last_problem": last_problem,
+                  "last_stop": last_stop,
                   "joint_states_age_s": f"{(now_ns - reading.stamp_ns) / NS_PER_S:.3f}" if reading else "none",
                   **{f"count.{name.lower()}": str(counts.get(name, 0)) for name in State.__members__}}
         return Diagnostics(level, message, values)
+
+    def _busy_locked(self) -> bool:
+        return self._pending is not None or self._executing is not None
+
+    def _refusal_locked(self, plan_id: str) -> Status | None:
+        """Why a plan cannot be taken now, whatever it holds (closed, latched, busy); None if it can."""
+        if self._closed:
+            return Status(plan_id, State.REJECTED, Code.CANCELLED, "controller_bridge is not active")
+        if self._latched:
+            return Status(plan_id, State.REJECTED, Code.ESTOP_LATCHED,
+                          f"e-stop latched ({self._latch_reason}): release eva/estop, then call eva/rearm")
+        if self._busy_locked():
+            running = self._pending.plan.plan_id if self._pending else self._executing.plan_id
+            return Status(plan_id, State.REJECTED, Code.BUSY, f"plan {running!r} is running; one plan at a time")
+        return None
 
     def _tick(self) -> None:
         try:
@@ -250,10 +329,9 @@ class ControllerBridge:
                 pending, reading, still_since = self._pending, self._reading, self._still_since_ns
             if pending is not None:
                 self._try_start(pending, reading, still_since, now_ns)
-        except Exception as error:  # noqa: BLE001 (never move the robot on doubt: hold, report, keep running)
+        except Exception as error:  # noqa: BLE001 (never move the robot on doubt: stop, report, keep running)
             with self._lock:
-                self._end_locked(Code.INTERNAL_ERROR, f"monitoring failed: {error!r}; every controller holds",
-                                 self._clock())
+                self._end_locked(Code.INTERNAL_ERROR, f"monitoring failed: {error!r}", self._clock())
 
     def _try_start(self, pending: _Pending, reading: JointReading | None, still_since: int | None,
                    now_ns: int) -> None:
@@ -268,20 +346,29 @@ class ControllerBridge:
                                                    self._not_still_reason(reading, now_ns)))
             return
         verdict = self.checker.check(pending.plan, reading, now_ns)  # again, with the pose measured now
+        plan_id = pending.plan.plan_id
+        if not verdict.accepted:
+            with self._lock:
+                if self._pending is pending:
+                    self._pending = None
+                    self._report_locked(Status(plan_id, State.REJECTED, verdict.code, f"at start: {verdict.reason}"))
+            return
+        trajectory = verdict.trajectory
+        prepared = self._output.prepare(self.checker.commands(trajectory))  # the slow part, outside the lock
         with self._lock:
-            if self._pending is not pending:  # an e-stop or a stop ended it meanwhile
+            if self._pending is not pending:  # an e-stop or a close ended it meanwhile
                 return
             self._pending = None
-            plan_id = pending.plan.plan_id
-            if not verdict.accepted:
-                self._report_locked(Status(plan_id, State.REJECTED, verdict.code, f"at start: {verdict.reason}"))
-                return
             sent_ns = self._clock()  # the check took time: start_delay counts from now, not from the reading
             start_ns = sent_ns + round(self.config.start_delay * NS_PER_S)
-            trajectory = verdict.trajectory
-            self._output.send(self.checker.commands(trajectory, start_ns))
             self._executing = _Execution(plan_id, trajectory, start_ns,
                                          start_ns + round(trajectory.duration * NS_PER_S), sent_ns)
+            self._commanded = _Commanded(trajectory, start_ns)
+            try:
+                self._output.publish(prepared, start_ns)
+            except Exception as error:  # noqa: BLE001 (one arm may have its command: stop them all)
+                self._end_locked(Code.INTERNAL_ERROR, f"sending the plan failed: {error!r}", self._clock())
+                return
             names = ", ".join(controller.name for controller in self.checker.controllers)
             self._report_locked(Status(plan_id, State.EXECUTING, Code.NONE,
                                        f"sent to {names}; starts in {self.config.start_delay:g} s"))
@@ -302,7 +389,7 @@ class ControllerBridge:
         """Abort on stale or implausible joint states or a tracking error; succeed at the settled goal."""
         problem = self.checker.joint_state_problem(self._reading, now_ns)
         if problem:
-            self._end_locked(problem[0], f"while executing: {problem[1]}; every controller holds", now_ns)
+            self._end_locked(problem[0], f"while executing: {problem[1]}", now_ns)
             return
         reading, names = self._reading, self.checker.embodiment.joint_names
         elapsed = max(0.0, (reading.stamp_ns - execution.start_ns) / NS_PER_S)
@@ -314,8 +401,8 @@ class ControllerBridge:
             joint = over[np.argmax(error[over] / self._tracking_tolerance[over])]
             self._end_locked(Code.TRACKING_ERROR, (
                 f"{names[joint]} measured {reading.positions[joint]:.4g}, commanded {commanded[joint]:.4g} at "
-                f"t={elapsed:.3f} s: |error| {error[joint]:.4g} > tolerance {self._tracking_tolerance[joint]:g}; "
-                "every controller holds"), now_ns)
+                f"t={elapsed:.3f} s: |error| {error[joint]:.4g} > tolerance {self._tracking_tolerance[joint]:g}"),
+                now_ns)
             return
         settle_ns = round(self.config.settle_time * NS_PER_S)
         final = execution.trajectory.positions[-1]
@@ -332,7 +419,7 @@ class ControllerBridge:
             self._end_locked(Code.TRACKING_ERROR, (
                 f"goal not reached within goal_time {self.checker.goal_time:g} s after the end: {names[joint]} "
                 f"at {reading.positions[joint]:.4g}, goal {final[joint]:.4g} (tolerance "
-                f"{self._goal_tolerance[joint]:g}); every controller holds"), now_ns)
+                f"{self._goal_tolerance[joint]:g})"), now_ns)
             return
         if now_ns - execution.last_update_ns >= NS_PER_S / self.config.status_rate:
             execution.last_update_ns = now_ns
@@ -343,17 +430,48 @@ class ControllerBridge:
         duration = execution.end_ns - execution.start_ns
         return float(np.clip((now_ns - execution.start_ns) / duration, 0.0, 1.0))
 
-    def _end_locked(self, code: Code, reason: str, now_ns: int, holds_sent: bool = False) -> None:
-        """End the waiting plan (REJECTED) or the executing one (ABORTED, every controller told to hold)."""
+    def _latch_locked(self, reason: str) -> None:
+        """Latch the e-stop (once): every controller stops, the plan ends with ESTOP_LATCHED."""
+        if self._latched:
+            return
+        self._latched, self._latch_reason = True, reason
+        stopped = self._send_stop_locked(reason)
+        self._end_locked(Code.ESTOP_LATCHED, f"{reason}: {stopped}; release eva/estop, then call eva/rearm",
+                         self._clock(), stop_sent=True)
+
+    def _end_locked(self, code: Code, reason: str, now_ns: int, stop_sent: bool = False) -> None:
+        """End the waiting plan (REJECTED) or the executing one (ABORTED, every controller stopped)."""
         if self._pending is not None:
             self._report_locked(Status(self._pending.plan.plan_id, State.REJECTED, code, reason))
             self._pending = None
         if self._executing is not None:
             execution, self._executing = self._executing, None
-            if not holds_sent:
-                self._output.send(self.checker.holds())
+            if not stop_sent:
+                reason = f"{reason}; {self._send_stop_locked(reason)}"
             self._report_locked(Status(execution.plan_id, State.ABORTED, code, reason,
                                        self._progress(execution, now_ns), execution.max_error))
+
+    def _send_stop_locked(self, why: str) -> str:
+        """Send every controller a stop from the state commanded ``stop_lead`` from now; says what was done."""
+        stamp_ns = self._clock() + round(self.config.stop_lead * NS_PER_S)
+        if self._commanded is not None:
+            state = self._commanded.state(stamp_ns)
+        elif self._reading is not None and self._reading.positions is not None:
+            state = CommandedState.at_rest(np.clip(self._reading.positions, *self._strict_bounds))
+        else:
+            self._last_stop = f"{why}: no stop sent: nothing was commanded and no joint_states were read"
+            return "no stop sent (nothing was commanded and no joint_states were read)"
+        try:
+            stop = self.checker.stop_plan(state)
+            prepared = self._output.prepare(self.checker.commands(stop.trajectory, is_stop=True))
+            self._commanded = _Commanded(stop.trajectory, stamp_ns)
+            self._output.publish(prepared, stamp_ns)
+        except Exception as error:  # noqa: BLE001 (reported; the caller's report says the stop failed)
+            self._last_stop = f"{why}: sending the stop failed: {error!r}"
+            return f"sending the stop failed: {error!r}"
+        done = f"every controller stops (braking {stop.braking_time:.3g} s{'; ' + stop.note if stop.note else ''})"
+        self._last_stop = f"{why}: {done}"
+        return done
 
     def _report_locked(self, status: Status) -> Status:
         self._counts[status.state.name] += 1

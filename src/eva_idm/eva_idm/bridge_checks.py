@@ -17,12 +17,15 @@ whatever the IDM node decided, in this order, stopping at the first failure:
 4. **Robot moved** (``ROBOT_MOVED``): ``joint_state_at_image`` within ``moved_tolerance`` of the
    measured pose, per joint.
 5. **Start** (``START_OFFSET``): trajectory point 0 within ``start_tolerance`` of the measured pose.
-   Point 0 is then replaced by the measured pose, and the difference faded out over the
+   Point 0 is then replaced by the measured pose clamped to the mechanical stops (a measurement
+   may lie in the tolerance band beyond a stop; a command never does: JTC blends the few
+   milliradians from the measured state during the start delay), and the difference faded out over the
    embodiment's ``start_offset_fade_s`` (or the whole trajectory if shorter) with the gate's quintic
    weight, velocities and accelerations adjusted to match: a bare replacement would put the whole
    difference into the first segment, where a millimetre-scale step already breaks the jerk limit.
-6. **Limits** (``LIMIT_VIOLATION``): every waypoint within the position, velocity and acceleration
-   limits, and the motion a JTC interpolates from what is sent, at the controllers' update rate,
+6. **Limits** (``LIMIT_VIOLATION``): every waypoint within the position (no tolerance band: that
+   band judges measurements and raw decodes, never commands), velocity and acceleration limits,
+   and the motion a JTC interpolates from what is sent, at the controllers' update rate,
    within every position, velocity, acceleration and jerk limit, ending at rest
    (:func:`eva_idm.motion.validate_trajectory`, the gate's validator).
 
@@ -41,6 +44,7 @@ from eva_idm.bridge_config import BridgeConfig
 from eva_idm.controllers import TrajectoryController
 from eva_idm.embodiment import Embodiment
 from eva_idm.motion import offset_fade_weight, validate_trajectory
+from eva_idm.stopping import CommandedState, StopPlan, stop_trajectory
 from eva_idm.trajectory import Trajectory
 
 NS_PER_S = 1_000_000_000
@@ -153,29 +157,27 @@ class PlanVerdict:
 
 @dataclass(frozen=True, eq=False)
 class ControllerCommand:
-    """One ``trajectory_msgs/JointTrajectory`` for one controller; no points means stop and hold.
+    """One ``trajectory_msgs/JointTrajectory`` for one controller, before its start stamp is set.
+
+    The stamp is given when the message is published (:class:`eva_idm.bridge.BridgeOutput`), so
+    that building large messages cannot eat into the time between the stamp and the start.
 
     Attributes:
         controller: controller name (topic ``<controller>/joint_trajectory``).
         joint_names: the controller's joints, in its order.
-        stamp_ns: ``header.stamp`` (0 for a hold).
         times: ``(N,)`` time from start of each point, seconds.
         positions, velocities: ``(N, J)`` in the controller's units (grippers in metres when configured).
         accelerations: ``(N, J)`` or None.
+        is_stop: True for a stop (:mod:`eva_idm.stopping`), False for a plan's motion.
     """
 
     controller: str
     joint_names: tuple[str, ...]
-    stamp_ns: int
     times: np.ndarray
     positions: np.ndarray
     velocities: np.ndarray
     accelerations: np.ndarray | None = None
-
-    @property
-    def is_hold(self) -> bool:
-        """True for the empty trajectory that makes a controller stop and hold its position."""
-        return len(self.times) == 0
+    is_stop: bool = False
 
 
 class _RejectedError(Exception):
@@ -235,7 +237,7 @@ class PlanChecker:
         return None
 
     def check(self, plan: PlanInput, reading: JointReading | None, now_ns: int) -> PlanVerdict:
-        """Every check of the module docstring; the accepted trajectory has point 0 = the measured pose."""
+        """Every check of the module docstring; the accepted trajectory has point 0 = the (clamped) measured pose."""
         try:
             trajectory, at_image = self._structure(plan)
             problem = self.joint_state_problem(reading, now_ns)
@@ -247,15 +249,16 @@ class PlanChecker:
                           at_image, measured, self.config.moved_tolerance, "moved_tolerance")
             self._compare(Code.START_OFFSET, "trajectory point 0", trajectory.positions[0], measured,
                           self.config.start_tolerance, "start_tolerance")
-            executed = self._from_measured(trajectory, measured)
-            self._limits(executed, measured)
+            start = np.clip(measured, *self.embodiment.position_bounds(with_tolerance=False))
+            executed = self._from_measured(trajectory, start)
+            self._limits(executed, start)
         except _RejectedError as rejection:
             return PlanVerdict(rejection.code, rejection.reason)
         return PlanVerdict(Code.NONE, f"passed the bridge's checks: {len(executed.times)} points, "
                                       f"{executed.duration:.3g} s of motion", executed)
 
-    def commands(self, trajectory: Trajectory, start_ns: int) -> tuple[ControllerCommand, ...]:
-        """One command per controller, all with the start stamp ``start_ns``; grippers converted if configured."""
+    def commands(self, trajectory: Trajectory, is_stop: bool = False) -> tuple[ControllerCommand, ...]:
+        """One command per controller (its slice of ``trajectory``); grippers converted if configured."""
         commands = []
         for controller, columns in zip(self.controllers, self._columns, strict=True):
             fields = [trajectory.positions, trajectory.velocities, trajectory.accelerations]
@@ -268,15 +271,13 @@ class PlanChecker:
                 for derivative in (velocities, accelerations):
                     if derivative is not None:
                         derivative[:, grippers] *= span
-            commands.append(ControllerCommand(controller.name, controller.joints, start_ns, trajectory.times.copy(),
-                                              positions, velocities, accelerations))
+            commands.append(ControllerCommand(controller.name, controller.joints, trajectory.times.copy(),
+                                              positions, velocities, accelerations, is_stop))
         return tuple(commands)
 
-    def holds(self) -> tuple[ControllerCommand, ...]:
-        """The empty trajectory for every controller: stop and hold where you are."""
-        return tuple(ControllerCommand(controller.name, controller.joints, 0, np.zeros(0),
-                                       np.zeros((0, len(controller.joints))), np.zeros((0, len(controller.joints))))
-                     for controller in self.controllers)
+    def stop_plan(self, state: CommandedState) -> StopPlan:
+        """The stop from the commanded ``state`` to rest, held for ``stop_hold`` (:mod:`eva_idm.stopping`)."""
+        return stop_trajectory(state, self.embodiment, self.config.stop_hold)
 
     def _structure(self, plan: PlanInput) -> tuple[Trajectory, np.ndarray]:
         """The plan's trajectory and ``joint_state_at_image`` positions, or MALFORMED_TRAJECTORY."""
@@ -370,7 +371,7 @@ class PlanChecker:
     def _limits(self, trajectory: Trajectory, measured: np.ndarray) -> None:
         """LIMIT_VIOLATION unless the waypoints and the interpolated motion meet every limit."""
         embodiment, names = self.embodiment, self.embodiment.joint_names
-        lower, upper = embodiment.position_bounds()
+        lower, upper = embodiment.position_bounds(with_tolerance=False)  # the band is for measurements only
         waypoint_problems, count = [], 0
         for field, values, low, high in (
             ("position", trajectory.positions, lower, upper),

@@ -37,6 +37,12 @@ class BridgeConfig:
     controller_layout: str = setting("split", "split (left_arm_controller + right_arm_controller) or combined "
                                      "(bimanual_controller)")
     start_delay: float = setting(0.2, "the commands' common start stamp lies this far after sending [s]")
+    stop_lead: float = setting(0.05, "a stop's start stamp lies this far after sending; it starts from the state "
+                               "commanded then [s]")
+    stop_hold: float = setting(1.0, "a stop holds its final pose this long after braking, so that it still lies "
+                               "ahead of the controller when delivery is late [s]")
+    estop_heartbeat_timeout: float = setting(0.0, "when > 0, this long without any eva/estop message latches "
+                                             "the e-stop (a dead e-stop source fails safe); 0 = off [s]")
     start_tolerance: float = setting(0.01, "largest |trajectory point 0 - measured pose| per joint [rad]")
     moved_tolerance: float = setting(0.01, "largest |joint_state_at_image - measured pose| per joint [rad]")
     max_image_age: float = setting(600.0, "oldest plan image (node clock now - plan header stamp) executed [s]")
@@ -69,7 +75,8 @@ class BridgeConfig:
                 raise ValueError(f"{name}: must not be empty")
         if self.controller_layout not in LAYOUTS:
             raise ValueError(f"controller_layout: expected one of {list(LAYOUTS)}, got {self.controller_layout!r}")
-        positive = ("start_delay", "start_tolerance", "moved_tolerance", "max_image_age", "max_joint_state_age",
+        positive = ("start_delay", "stop_lead", "stop_hold", "start_tolerance", "moved_tolerance", "max_image_age",
+                    "max_joint_state_age",
                     "standstill_velocity", "standstill_timeout", "tracking_tolerance", "gripper_tracking_tolerance",
                     "goal_tolerance", "gripper_goal_tolerance", "max_duration", "monitor_rate", "status_rate",
                     "diagnostics_period")
@@ -77,7 +84,8 @@ class BridgeConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0.0):
                 raise ValueError(f"{name}: must be a finite number > 0, got {value}")
-        for name in ("clock_tolerance", "joint_state_margin", "standstill_window", "settle_time"):
+        for name in ("clock_tolerance", "joint_state_margin", "standstill_window", "settle_time",
+                     "estop_heartbeat_timeout"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0.0):
                 raise ValueError(f"{name}: must be a finite number >= 0, got {value}")

@@ -4,33 +4,58 @@ The simulated robot must execute what the controller bridge sends the way ros2_c
 JointTrajectoryController would, so that a trajectory that works in the sim works on the robot
 and a message the robot would refuse is refused here too. Interpolation is
 :func:`eva_idm.trajectory.sample`, the sampler the bridge checks its trajectories with, so bridge
-and sim cannot disagree about the motion. The rules of JTC's topic interface reproduced here:
+and sim cannot disagree about the motion. The behaviour is taken from JTC's source,
+ros2_controllers branch ``jazzy`` at ed360c97 (4.42.1); ``cpp:N`` below is a line of
+``joint_trajectory_controller/src/joint_trajectory_controller.cpp`` there, ``traj:N`` of
+``src/trajectory.cpp``. Reproduced:
 
-* **Start time.** ``header.stamp == 0`` starts the trajectory when it arrives; otherwise
-  ``time_from_start`` counts from the stamp. As in JTC, the controller interpolates from the state
-  at arrival (measured positions and velocities) to point 0 over ``[arrival, stamp +
-  time_from_start[0]]``: with point 0 at the measured pose (what the bridge sends) the robot holds
-  still until the stamp; with point 0 elsewhere it moves there over the whole delay.
-* **Interpolation** follows the fields filled: positions only linear, with velocities cubic, with
-  accelerations too quintic (the segment from the arrival state matches what both ends have; the
-  state has no accelerations, so that segment is at most cubic).
-* **Points in the past are dropped** and the arrival state is interpolated to the first point
-  still ahead (ROS 2's JTC would jump into the middle of the trajectory instead; stepping the
-  command is never what a sender of a late trajectory wants). A trajectory whose last point is in
-  the past is rejected, as JTC does.
-* **A new message replaces the old one.** An **empty** message (no points) stops and holds the
-  measured position; it must still name the controller's joints, and its stamp is not checked (a
-  stop is never refused for being late).
-* **Rejected** (the previous command goes on, the error names the field and the value): no,
-  unknown, duplicate or missing joint names (partial goals are off), a point whose positions,
-  velocities or accelerations do not have one value per joint, velocities or accelerations filled
-  for some points only, accelerations without velocities, effort (JTC does not support it),
-  non-finite values, negative or not strictly increasing ``time_from_start``, and a non-zero
-  velocity at the last point (``allow_nonzero_velocity_at_trajectory_end: false``, as in
-  ``config/aloha_controllers.yaml``).
+* **Validation** (``validate_trajectory_msg``, cpp:1671-1816), in JTC's order: the joint names must
+  be exactly the controller's (cpp:1676-1714; partial goals are off by default); **an empty
+  trajectory is rejected with JTC's reason "Empty trajectory received."** (cpp:1695-1699) and the
+  previous command goes on, so a stop is never an empty message; a non-zero velocity at the last
+  point is rejected (cpp:1717-1730, ``allow_nonzero_velocity_at_trajectory_end: false``); with a
+  non-zero stamp, a trajectory whose *last* point lies in the past is rejected (cpp:1733-1749);
+  ``time_from_start`` must strictly increase (cpp:1755-1763); positions are required and every
+  filled field has one value per joint (cpp:1797-1804); effort is rejected (cpp:1806-1813, no
+  effort command interface).
+* **Start time** (traj:126-131): ``header.stamp == 0`` starts the trajectory when it arrives;
+  otherwise ``time_from_start`` counts from the stamp.
+* **Before point 0** (traj:148-169) the controller interpolates from its state at arrival — the
+  measured state, JTC's default without ``interpolate_from_desired_state`` (cpp:297-315) — to
+  point 0 over ``[arrival, stamp + time_from_start[0]]``: with point 0 at the measured pose (what
+  the bridge sends) the robot holds still until the stamp; elsewhere it moves there over the delay.
+* **A late trajectory** (point 0 already due, its end still ahead) is sampled where it should be
+  now, between the two points around now, ignoring the state at arrival (traj:173-206): the
+  command jumps, as on the robot.
+* **Interpolation** follows the fields filled (traj:256-407): positions only linear, with
+  velocities cubic, with accelerations too quintic.
+* **A new message replaces the old one** (cpp:274-284); nothing is merged.
 * **After the last point** the last position is held; ``cmd_timeout`` after the end the command is
-  stale: the controller holds the measured position and says so once (JTC's "Aborted due to command
-  timeout").
+  stale: the controller holds the measured position and says so once (cpp:350-369, "Aborted due
+  to command timeout"). JTC disables ``cmd_timeout`` unless ``cmd_timeout > goal_time``
+  (cpp:1231-1250); :mod:`eva_idm.controllers` refuses such a configuration.
+
+Where this follower still departs from JTC (each stricter or simpler, none more permissive):
+
+* Non-finite positions, velocities or accelerations are rejected; JTC has no such check
+  (cpp:1671-1816) and would command them.
+* Duplicate joint names are rejected; JTC does not check for them (cpp:1702-1714).
+* A field filled for some points only, or accelerations without velocities, is rejected; JTC
+  validates sizes point by point (cpp:1797-1804) and interpolates each segment with what both
+  ends have (traj:279-281), and with accelerations but no velocities commands zeros (traj:265).
+* A message takes effect when it arrives, between ticks; JTC swaps it in at its next update
+  (cpp:274-284). The state at arrival is the measured state of the last tick.
+* The trajectory is sampled at the tick's own time; JTC sends the hardware the sample one period
+  ahead (cpp:326-329) and advances its trajectory time by period x speed scaling (cpp:314-319;
+  no speed scaling here).
+* Path and goal tolerances are not checked (cpp:376-384, 386-406, 541-573): the bridge watches
+  tracking and the goal itself. Hence also no hold on a goal-time overrun on the topic interface
+  (cpp:558-573).
+* ``cmd_timeout`` always holds the measured position; JTC decelerates instead when
+  ``decelerate_on_cancel`` is configured (cpp:359-368, ``decelerate_to_hold_position``
+  cpp:1851-1937).
+* Only the topic interface is modelled here; no lifecycle (activate holds the current position,
+  cpp:1228-1229; deactivate keeps the last position command, cpp:1255-1321).
 
 The arm itself is a first-order lag (time constant ``time_constant``) behind the commanded
 position, clamped to the position limits, so measured and commanded states differ as on a robot.
@@ -87,7 +112,7 @@ class TrajectoryCommand:
     Attributes:
         joint_names: names of the columns of every point.
         stamp: ``header.stamp`` in seconds; 0 starts the trajectory on arrival.
-        points: the points; none means stop and hold.
+        points: the points (none is refused, as JTC does).
     """
 
     joint_names: tuple[str, ...]
@@ -97,10 +122,10 @@ class TrajectoryCommand:
 
 @dataclass(frozen=True, eq=False)
 class _Active:
-    """An accepted trajectory: times relative to ``origin`` (its arrival), from ``start`` (the state then)."""
+    """An accepted trajectory: times relative to ``origin``, from ``start`` (the state at arrival; None when late)."""
 
     trajectory: Trajectory
-    start: StartState
+    start: StartState | None
     origin: float
 
     @property
@@ -159,7 +184,7 @@ class TrajectoryFollower:
 
     @property
     def status(self) -> str:
-        """``idle`` (initial pose), ``executing``, ``finished`` (holding the last point), ``stopped``, ``stale``."""
+        """``idle`` (initial pose), ``executing``, ``finished`` (holding the last point), ``stale``."""
         return self._status
 
     @property
@@ -192,13 +217,14 @@ class TrajectoryFollower:
         now = self._advance_clock(now)
         order = self._message_order(command.joint_names)
         if not command.points:
-            self._hold_measured("stopped")
-            return "empty trajectory: stopped, holding the measured position"
-        trajectory = self._trajectory(command, order, now)
-        self._active = _Active(trajectory, StartState(self._measured.copy(), self._measured_velocity.copy()), now)
+            raise CommandError("Empty trajectory received.")
+        trajectory, origin = self._trajectory(command, order, now)
+        late = origin < now
+        start = None if late else StartState(self._measured.copy(), self._measured_velocity.copy())
+        self._active = _Active(trajectory, start, origin)
         self._status = "executing"
-        return (f"accepted {len(trajectory.times)} point(s) ({trajectory.interpolation}), "
-                f"ending at {self._active.end:.3f} s")
+        return (f"accepted {len(trajectory.times)} point(s) ({trajectory.interpolation}"
+                f"{', late: sampled from now' if late else ''}), ending at {self._active.end:.3f} s")
 
     def update(self, now: float) -> str | None:
         """Advance to ``now``: command the trajectory, let the arm follow; returns a notice to log, if any."""
@@ -260,8 +286,12 @@ class TrajectoryFollower:
                                   f"{self.name} needs all of {list(self.joint_names)}")
         return np.array([names.index(name) for name in self.joint_names])
 
-    def _trajectory(self, command: TrajectoryCommand, order: np.ndarray, now: float) -> Trajectory:
-        """The points still ahead, in controller joint order, timed from ``now``."""
+    def _trajectory(self, command: TrajectoryCommand, order: np.ndarray, now: float) -> tuple[Trajectory, float]:
+        """The trajectory in controller joint order and the time its first kept point is due.
+
+        A late trajectory keeps the point before now and everything after it, so that sampling at
+        ``now`` lies between the two points around now, as in JTC.
+        """
         stamp = command.stamp
         if not (math.isfinite(stamp) and stamp >= 0.0):
             raise CommandError(f"header.stamp: must be a finite time >= 0 s, got {stamp}")
@@ -295,13 +325,15 @@ class TrajectoryFollower:
             raise CommandError(
                 f"header.stamp: the trajectory ends at {start + times[-1]:.9f} s (stamp {stamp:.9f} s + last "
                 f"time_from_start {times[-1]} s), before now ({now:.9f} s)")
-        ahead = relative >= 0.0
-        kept = {name: None if value is None else value[ahead] for name, value in fields.items()}
+        first = int(np.flatnonzero(relative <= 0.0)[-1]) if relative[0] < 0.0 else 0
+        kept = {name: None if value is None else value[first:] for name, value in fields.items()}
+        origin = min(0.0, relative[first])
         try:
-            return Trajectory(self.joint_names, relative[ahead], kept["positions"], kept["velocities"],
-                              kept["accelerations"])
+            trajectory = Trajectory(self.joint_names, relative[first:] - origin, kept["positions"],
+                                    kept["velocities"], kept["accelerations"])
         except ValueError as error:
             raise CommandError(str(error)) from None
+        return trajectory, now + origin
 
     def _field(self, points: Sequence[TrajectoryPoint], name: str, joint_names: Sequence[str],
                order: np.ndarray) -> np.ndarray | None:

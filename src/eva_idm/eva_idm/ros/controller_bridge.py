@@ -4,14 +4,26 @@ A lifecycle node in its own process (DESIGN.md §2: the GIL means callback group
 protect an e-stop from inference in the same process). Configure reads the parameters into
 :class:`~eva_idm.bridge_config.BridgeConfig`, the embodiment and the ros2_control controller YAML
 (failing, with the reason logged, on a bad one, e.g. ``cmd_timeout <= goal_time``); activate
-enables the controller and status publishers; deactivate and shutdown make every controller hold
-if a plan is executing. The decisions are :class:`~eva_idm.bridge.ControllerBridge`'s; this node
-converts messages and wires the topics.
+enables the controller and status publishers and opens the bridge to plans; deactivate, shutdown
+and process exit close it, which stops an executing plan (a braking trajectory to every
+controller, never an empty one: JTC rejects those). The decisions are
+:class:`~eva_idm.bridge.ControllerBridge`'s; this node converts messages and wires the topics.
 
-Threads: a ``PatientMultiThreadedExecutor``. The e-stop and ``eva/rearm`` have their own callback group,
-so no plan check or monitoring tick can delay them; ``joint_states`` has another; plans and the
-monitoring timer share a third. All stamps and ages use the node clock (``/clock`` under
-``use_sim_time``).
+**The e-stop an operator's publisher reaches.** ``eva/estop`` (``std_msgs/Bool``, true = stop) is
+subscribed twice, both RELIABLE with KEEP_ALL history so that no ``true`` is lost behind a
+following ``false``: once VOLATILE, which matches every reliable publisher (the default QoS of
+``ros2 topic pub``, rclpy and rclcpp, and transient-local ones), and once TRANSIENT_LOCAL, which
+also delivers what a transient-local publisher latched before the bridge started. An operator's
+e-stop should publish RELIABLE + TRANSIENT_LOCAL (depth 1 is enough): then a bridge that
+(re)starts after the press still sees it. A BEST_EFFORT publisher reaches neither (DDS does not
+match a best-effort writer to a reliable reader): an e-stop must not be best effort. With
+``estop_heartbeat_timeout`` > 0, silence on ``eva/estop`` (no message of either value for that
+long, timed on the steady clock) latches the e-stop: a dead e-stop source fails safe.
+
+Threads: a ``PatientMultiThreadedExecutor``. The e-stop, its heartbeat check and ``eva/rearm``
+have their own callback group, so no plan check or monitoring tick can delay them;
+``joint_states`` has another; plans and the monitoring timer share a third. All stamps and ages
+use the node clock (``/clock`` under ``use_sim_time``).
 """
 
 from __future__ import annotations
@@ -24,10 +36,11 @@ import rclpy
 from builtin_interfaces.msg import Duration, Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration as RclpyDuration
 from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
@@ -44,8 +57,13 @@ from eva_msgs.msg import ExecutionStatus, GatedPlan
 PLANS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 COMMANDS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 LATCHED = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-ESTOP = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-FLUSH_S = 1.0  # how long a hold sent on the way out may take to be acknowledged [s]
+# The e-stop subscriptions (module docstring): every reliable publisher, and what one latched.
+ESTOP_LIVE = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE,
+                        durability=DurabilityPolicy.VOLATILE)
+ESTOP_LATCHED = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE,
+                           durability=DurabilityPolicy.TRANSIENT_LOCAL)
+HEARTBEAT_CHECKS = 10  # heartbeat checks per estop_heartbeat_timeout
+FLUSH_S = 1.0  # how long a stop sent on the way out may take to be acknowledged [s]
 
 
 class ControllerBridgeNode(LifecycleNode):
@@ -56,7 +74,6 @@ class ControllerBridgeNode(LifecycleNode):
         self._parameter_errors = declare_parameters(self, BridgeConfig)
         self._bridge: ControllerBridge | None = None
         self._latch_carried = False  # an e-stop latch outlives cleanup + configure: only eva/rearm clears it
-        self._active = False
         self._teardown: list[Callable[[], object]] = []
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -78,7 +95,8 @@ class ControllerBridgeNode(LifecycleNode):
             self._bridge.estop(True)
         safety, joints, work = (MutuallyExclusiveCallbackGroup() for _ in range(3))
         subscriptions = [
-            self.create_subscription(Bool, "eva/estop", self._on_estop, ESTOP, callback_group=safety),
+            *(self.create_subscription(Bool, "eva/estop", self._on_estop, qos, callback_group=safety)
+              for qos in (ESTOP_LIVE, ESTOP_LATCHED)),
             self.create_subscription(JointState, "joint_states", self._on_joint_state, qos_profile_sensor_data,
                                      callback_group=joints),
             self.create_subscription(GatedPlan, "eva/gated_plan", self._on_plan, PLANS, callback_group=work),
@@ -86,6 +104,10 @@ class ControllerBridgeNode(LifecycleNode):
         service = self.create_service(Trigger, "eva/rearm", self._on_rearm, callback_group=safety)
         timers = [self.create_timer(1.0 / config.monitor_rate, self._on_tick, callback_group=work),
                   self.create_timer(config.diagnostics_period, self._publish_diagnostics)]
+        if config.estop_heartbeat_timeout > 0.0:
+            timers.append(self.create_timer(config.estop_heartbeat_timeout / HEARTBEAT_CHECKS,
+                                            self._bridge.check_estop_heartbeat, callback_group=safety,
+                                            clock=Clock(clock_type=ClockType.STEADY_TIME)))
         self._teardown = [
             *(functools.partial(self.destroy_lifecycle_publisher, publisher)
               for publisher in (*self._commands.values(), self._status)),
@@ -102,13 +124,12 @@ class ControllerBridgeNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Enable the controller and status publishers, and take plans."""
         result = super().on_activate(state)
-        self._active = True
+        self._bridge.open()
         return result
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Stop taking plans; an executing plan is aborted and every controller holds."""
-        self._active = False
-        self.hold("controller_bridge deactivated")
+        """Stop taking plans; an executing plan is aborted and every controller stops."""
+        self.close("controller_bridge deactivated")
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -121,24 +142,30 @@ class ControllerBridgeNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Hold every controller if a plan is executing, then clean up, from any state."""
-        self._active = False
-        self.hold("controller_bridge shutting down")
+        """Stop every controller if a plan is executing, then clean up, from any state."""
+        self.close("controller_bridge shutting down")
         return self.on_cleanup(state)
 
-    def hold(self, reason: str) -> None:
-        """End the plan (if any) with CANCELLED, every controller holding; wait until the holds are delivered."""
-        if self._bridge is not None and self._bridge.busy:
-            self._bridge.stop(reason)
+    def close(self, reason: str) -> None:
+        """Refuse plans; end the plan (if any) with CANCELLED, every controller stopping; wait for delivery."""
+        if self._bridge is not None and self._bridge.close(reason):
             for publisher in self._commands.values():
                 publisher.wait_for_all_acked(RclpyDuration(seconds=FLUSH_S))
 
-    def send(self, commands: Sequence[ControllerCommand]) -> None:
-        """Publish one trajectory per controller (the bridge's output)."""
-        for command in commands:
-            self._commands[command.controller].publish(trajectory_message(command))
-        if commands and commands[0].is_hold:
-            self.get_logger().warning(f"sent hold (empty trajectory) to {', '.join(self._commands)}")
+    def prepare(self, commands: Sequence[ControllerCommand]) -> list[tuple[object, JointTrajectory, bool]]:
+        """Build one unstamped trajectory message per controller (the bridge's output, step one)."""
+        return [(self._commands[command.controller], trajectory_message(command), command.is_stop)
+                for command in commands]
+
+    def publish(self, prepared: list[tuple[object, JointTrajectory, bool]], stamp_ns: int) -> None:
+        """Stamp the prepared messages alike and publish them in order (the bridge's output, step two)."""
+        seconds, nanoseconds_part = divmod(stamp_ns, NS_PER_S)
+        for _, message, _ in prepared:
+            message.header.stamp.sec, message.header.stamp.nanosec = seconds, nanoseconds_part
+        for publisher, message, _ in prepared:
+            publisher.publish(message)
+        if prepared and prepared[0][2]:
+            self.get_logger().warning(f"sent a stop to {', '.join(self._commands)}")
 
     def report(self, status: Status) -> None:
         """Publish an execution status (the bridge's output); problems are logged too."""
@@ -170,8 +197,8 @@ class ControllerBridgeNode(LifecycleNode):
             self._bridge.joint_state(joint_state_input(message))
 
     def _on_plan(self, message: GatedPlan) -> None:
-        if self._bridge is None or not self._active:
-            self.get_logger().warning(f"plan {message.plan_id!r} ignored: controller_bridge is not active")
+        if self._bridge is None:
+            self.get_logger().warning(f"plan {message.plan_id!r} ignored: controller_bridge is not configured")
             return
         try:
             plan = plan_input(message)
@@ -217,9 +244,8 @@ def plan_input(message: GatedPlan) -> PlanInput:
 
 
 def trajectory_message(command: ControllerCommand) -> JointTrajectory:
-    """A ``ControllerCommand`` as the ``JointTrajectory`` its controller takes (no points = hold)."""
+    """A ``ControllerCommand`` as the ``JointTrajectory`` its controller takes, stamp still zero."""
     message = JointTrajectory(joint_names=list(command.joint_names))
-    message.header.stamp.sec, message.header.stamp.nanosec = divmod(command.stamp_ns, NS_PER_S)
     for index, time_s in enumerate(command.times):
         point = JointTrajectoryPoint(positions=command.positions[index].tolist(),
                                      velocities=command.velocities[index].tolist())
@@ -237,9 +263,9 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``controller_bridge`` executable.
 
-    rclpy's own signal handling would shut the context down before a hold could be published, so
+    rclpy's own signal handling would shut the context down before a stop could be published, so
     SIGINT and SIGTERM raise KeyboardInterrupt here instead (the spin loop wakes every 0.1 s to let
-    them in), and an executing plan is held before the node goes.
+    them in), and an executing plan is stopped before the node goes.
     """
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -258,7 +284,7 @@ def main(args: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        node.hold("controller_bridge process exiting")
+        node.close("controller_bridge process exiting")
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
