@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,38 @@ def test_conversion_errors_name_the_file_the_key_or_the_flag(released_idm, tmp_p
     assert convert("world-model", tmp_path / "absent.ckpt", tmp_path / "c") == 2
     assert "absent.ckpt: EVA checkpoint not found" in capsys.readouterr().err
     assert sorted(path.name for path in tmp_path.iterdir()) == [], "a failed conversion writes nothing"
+
+
+class MakesADirectory:
+    """Unpickled, creates ``path``: a checkpoint that runs code instead of holding weights."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.makedirs, (self.path,)
+
+
+@pytest.mark.parametrize("kind", ["world-model", "idm"])
+def test_a_malicious_pickle_is_refused_with_the_reason_and_without_advice_to_trust_it(kind, tmp_path, capsys):
+    made = tmp_path / "made_by_unpickling"
+    source = tmp_path / "downloaded.ckpt"
+    torch.save({"state_dict": {"model.weight": torch.zeros(1), "model.bias": MakesADirectory(made)}}, source)
+    assert convert(kind, source, tmp_path / "out") == 2
+    error = capsys.readouterr().err
+    assert "downloaded.ckpt: refused by weights-only loading" in error and "GLOBAL os.makedirs" in error, error
+    assert "weights_only" not in error
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["downloaded.ckpt"], "nothing ran, nothing written"
+
+
+def test_a_compiled_models_world_model_checkpoint_converts(transformer, eva_checkpoint, tmp_path):
+    """``torch.compile`` inside the Lightning module saves the DiT under ``model._orig_mod.``."""
+    checkpoint, base = eva_checkpoint
+    lightning = torch.load(checkpoint, weights_only=True)
+    compiled = {key.replace("model.", "model._orig_mod.", 1): value for key, value in lightning["state_dict"].items()}
+    torch.save({**lightning, "state_dict": compiled}, tmp_path / "compiled.ckpt")
+    out = tmp_path / "eva-transformer"
+    assert convert("world-model", tmp_path / "compiled.ckpt", out, "--transformer-config", base) == 0
+    converted = WanTransformer3DModel.from_pretrained(out, local_files_only=True, use_safetensors=True)
+    expected = transformer.state_dict()
+    assert all(torch.equal(value, expected[key]) for key, value in converted.state_dict().items())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -317,5 +317,53 @@ class NotATensor:
 def test_released_pt_is_opened_weights_only(tmp_path: Path) -> None:
     pt_path = tmp_path / "IDM_singleview.pt"
     torch.save({"model_state_dict": {"x": NotATensor()}}, pt_path)
-    with pytest.raises(CheckpointError, match="not a readable weights-only torch checkpoint"):
+    with pytest.raises(CheckpointError, match=r"refused by weights-only loading.*GLOBAL test_idm_model\.NotATensor"):
+        load_released_checkpoint(pt_path, TINY)
+
+
+def trainer_layouts() -> dict[str, Callable[[dict[str, torch.Tensor]], object]]:
+    """How trainers other than the authors' save the IDM: wrapper prefixes and containers, by name."""
+    def prefixed(prefix: str) -> Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+        return lambda state: {f"{prefix}{key}": value for key, value in state.items()}
+
+    return {
+        "plain state dict": lambda state: state,
+        "model.": prefixed("model."),
+        "model._orig_mod.": prefixed("model._orig_mod."),
+        "_orig_mod.": prefixed("_orig_mod."),
+        "module.": prefixed("module."),
+        "_orig_mod.module.model.": prefixed("_orig_mod.module.model."),
+        "under state_dict": lambda state: {"state_dict": state, "epoch": 3},
+        "under model": lambda state: {"model": prefixed("_orig_mod.")(state), "optimizer": {}},
+        "under module": lambda state: {"module": state},
+        "under model_state_dict and state_dict": lambda state: {"model_state_dict": {"state_dict": state}},
+    }
+
+
+@pytest.mark.parametrize("layout", sorted(trainer_layouts()))
+def test_released_pt_accepts_the_layouts_trainers_write(layout: str, tmp_path: Path) -> None:
+    source = tiny_model(seed=4)
+    pt_path = tmp_path / "idm.pt"
+    torch.save(trainer_layouts()[layout](source.state_dict()), pt_path)
+    video = random_video()
+    loaded = load_released_checkpoint(pt_path, TINY)
+    assert torch.equal(loaded.decode_video(video, FPS), source.decode_video(video, FPS))
+
+
+def test_released_pt_refuses_other_prefixes_and_containers_by_name(tmp_path: Path) -> None:
+    state = tiny_model().state_dict()
+    pt_path = tmp_path / "idm.pt"
+    torch.save({f"ema.{key}": value for key, value in state.items()}, pt_path)
+    with pytest.raises(CheckpointError, match=r"idm\.pt: missing key\(s\)"):
+        load_released_checkpoint(pt_path, TINY)
+    torch.save({"model_state_dict": {**state, "model.backbone.conv1.weight": state["backbone.conv1.weight"]}}, pt_path)
+    with pytest.raises(CheckpointError, match=r"keys 'backbone\.conv1\.weight' and 'model\.backbone\.conv1\.weight' "
+                                              r"both map to 'backbone\.conv1\.weight'"):
+        load_released_checkpoint(pt_path, TINY)
+    torch.save({"weights": state}, pt_path)
+    with pytest.raises(CheckpointError, match=r"idm\.pt: expected a state dict .*'state_dict'.*; "
+                                              r"the file\['weights'\] is of type OrderedDict, not a tensor"):
+        load_released_checkpoint(pt_path, TINY)
+    torch.save({"state_dict": {}}, pt_path)
+    with pytest.raises(CheckpointError, match=r"the file\['state_dict'\] is an empty dict"):
         load_released_checkpoint(pt_path, TINY)

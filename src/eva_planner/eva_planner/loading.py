@@ -6,9 +6,11 @@
   ``local_files_only=True``; a missing, unexpected or mis-shaped tensor is an error naming the file
   and the key (both libraries would otherwise initialise a missing tensor at random and only warn).
 * **EVA's ``eva_i2v_14B.ckpt``**: a PyTorch-Lightning dict whose ``state_dict`` holds the DiT under
-  ``model.`` with the original Wan names. Unpickling can run code, so it is opened only with
-  ``torch.load(weights_only=True, mmap=True)``, and :func:`convert_checkpoint` turns it once into a
-  diffusers transformer directory (``config.json`` + safetensors shards). Robots load only that.
+  ``model.`` with the original Wan names (other trainers' layouts: :func:`read_eva_checkpoint`).
+  Unpickling can run code, so it is opened only weights-only and memory-mapped
+  (:func:`~eva_idm.idm.checkpoint.load_weights_only`), and :func:`convert_checkpoint` turns it
+  once into a diffusers transformer directory (``config.json`` + safetensors shards). Robots load
+  only that.
 * **PEFT LoRA adapter directories** (``adapter_config.json`` + ``adapter_model.safetensors``), named
   either like diffusers' modules or like the original Wan modules (EVA trains on the original
   ``WanModel``: targets ``q, k, v, o, k_img, v_img``), optionally merged into the weights.
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
 import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -44,10 +45,13 @@ from transformers import (
 )
 
 from eva_idm.idm.checkpoint import (  # one strict-loading vocabulary for every checkpoint
-    MAX_KEYS_IN_MESSAGE,
     CheckpointError,
     check_state_against_model,
+    find_state_dict,
     listed_keys,
+    load_weights_only,
+    renamed_state,
+    without_wrapper_prefixes,
 )
 from eva_planner.world_model import DTYPES, WorldModel, resident_components
 
@@ -192,31 +196,25 @@ def _rename_state(
 def read_eva_checkpoint(pickle_path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """The transformer state dict (original Wan names) of EVA's Lightning checkpoint, memory-mapped.
 
-    Keeps the ``state_dict`` entries under ``model.`` and strips that prefix (the Lightning module's
-    other buffers, e.g. the VAE statistics, are not transformer weights).
+    The state dict is Lightning's ``state_dict``, or wherever another trainer nests it
+    (:func:`~eva_idm.idm.checkpoint.find_state_dict`). Wrapper prefixes that add no parameters
+    (``module.``, ``_orig_mod.``) are dropped, before and after ``model.``. When keys sit under
+    ``model.`` (the Lightning module's DiT), only those are kept, without the prefix: the module's
+    other buffers, e.g. the VAE statistics, are not transformer weights. Without any ``model.`` key
+    the state dict is the DiT's own, and every key must be an original Wan name.
     """
     path = Path(pickle_path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: EVA checkpoint not found")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CheckpointError(f"{path}: not a readable weights-only torch checkpoint: {first_line}") from error
-    if not isinstance(loaded, dict) or not isinstance(loaded.get("state_dict"), dict):
-        found = sorted(loaded)[:MAX_KEYS_IN_MESSAGE] if isinstance(loaded, dict) else type(loaded).__name__
-        raise CheckpointError(f"{path}: expected a Lightning checkpoint with a 'state_dict' dict, found {found}")
-    state = {
-        key.removeprefix(EVA_STATE_PREFIX): value
-        for key, value in loaded["state_dict"].items()
-        if key.startswith(EVA_STATE_PREFIX)
-    }
-    if not state:
-        raise CheckpointError(f"{path}: no key of 'state_dict' starts with {EVA_STATE_PREFIX!r}")
-    for key, value in state.items():
-        if not isinstance(value, Tensor):
-            raise CheckpointError(f"{path}: key {EVA_STATE_PREFIX + key!r} is a {type(value).__name__}, not a tensor")
-    return state
+    state = renamed_state(find_state_dict(load_weights_only(path, mmap=True), path), without_wrapper_prefixes, path)
+    if not any(key.startswith(EVA_STATE_PREFIX) for key in state):
+        return state
+    return renamed_state(state, _transformer_key_of_lightning_module, path)
+
+
+def _transformer_key_of_lightning_module(key: str) -> str | None:
+    """The DiT's name for a key of EVA's Lightning module, or ``None`` for a key outside ``model.``."""
+    return without_wrapper_prefixes(key.removeprefix(EVA_STATE_PREFIX)) if key.startswith(EVA_STATE_PREFIX) else None
 
 
 def convert_checkpoint(

@@ -14,7 +14,7 @@ Each component is built from its library class (diffusers ``WanTransformer3DMode
 derived from ``config.json`` and from the tensor shapes, parameters on the meta device, then filled
 from the renamed file with strict checks: a missing, unexpected or mis-shaped key is a
 :class:`~eva_planner.loading.CheckpointError` naming the file and the key. The ``.pth`` files are
-pickles, so they are opened only with ``torch.load(weights_only=True, mmap=True)``; :func:`convert_original_wan`
+pickles, so they are opened only weights-only and memory-mapped (``load_weights_only``); :func:`convert_original_wan`
 writes the directory once in the diffusers layout, so that robots load only safetensors.
 
 The key maps are written library name -> original name (``*_key_to_original``); loading inverts them
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 import re
 import shutil
 from collections.abc import Callable, Iterable, Mapping
@@ -51,6 +50,7 @@ from transformers import (
     UMT5EncoderModel,
 )
 
+from eva_idm.idm.checkpoint import load_weights_only
 from eva_planner.loading import (
     MODEL_INDEX,
     CheckpointError,
@@ -433,11 +433,7 @@ def read_pth(path: Path) -> dict[str, Tensor]:
     """A plain state dict pickled with ``torch.save``, opened weights-only and memory-mapped."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CheckpointError(f"{path}: not a readable weights-only torch file (truncated?): {first_line}") from error
+    state = load_weights_only(path, mmap=True)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a state dict, found a {type(state).__name__}")
     for key, value in state.items():

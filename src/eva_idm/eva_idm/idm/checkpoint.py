@@ -9,16 +9,19 @@ A checkpoint is a directory with two files:
   ``action_mean`` / ``action_std``, which must agree with the config.
 
 The released ``IDM_singleview.pt`` is a torch pickle ``{"model_state_dict", "optimizer_state_dict",
-"step"}``. Unpickling can run arbitrary code, so it is only ever opened with ``weights_only=True``,
-and :func:`convert_released_checkpoint` turns it into a directory once. Its keys are mapped as
-follows (see :func:`map_released_key`):
+"step"}``. Unpickling can run arbitrary code, so it is only ever opened with ``weights_only=True``
+(:func:`load_weights_only`, shared by every pickle loader of the project), and
+:func:`convert_released_checkpoint` turns it into a directory once. The state dict may also be the
+file itself or sit under ``state_dict``, ``model`` or ``module`` (:func:`find_state_dict`). Its keys
+are mapped as follows (see :func:`map_released_key`):
 
-* a leading ``module.`` (DistributedDataParallel) is removed;
+* leading ``module.`` (DistributedDataParallel) and ``_orig_mod.`` (``torch.compile``) are removed;
 * the normalisation wrapper's buffers ``train_mean`` / ``train_std`` become ``action_mean`` /
   ``action_std``;
 * the wrapper's prefix for the inner network, ``model.`` (the authors' ``IDM`` class) or ``net.``,
-  is removed. What remains (``backbone.*``, ``spatial_softmax.temperature``, ``mlp_head.*``) matches
-  :class:`~eva_idm.idm.model.ResNetPlusIDM` by name;
+  is removed, and a ``_orig_mod.`` after it (the inner network compiled). What remains
+  (``backbone.*``, ``spatial_softmax.temperature``, ``mlp_head.*``) matches
+  :class:`~eva_idm.idm.model.ResNetPlusIDM` by name, so a plain state dict of it loads as it is;
 * ``backbone.fc.weight`` / ``backbone.fc.bias`` are dropped. They are torchvision's unused ImageNet
   classifier, which the released network kept but never called.
 
@@ -38,6 +41,7 @@ import json
 import math
 import os
 import pickle
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -56,6 +60,22 @@ RELEASED_BUFFER_NAMES = {"train_mean": "action_mean", "train_std": "action_std"}
 RELEASED_WRAPPER_PREFIXES = ("model.", "net.")
 RELEASED_UNUSED_KEYS = ("backbone.fc.weight", "backbone.fc.bias")
 MAX_KEYS_IN_MESSAGE = 5
+# Keys under which trainers nest the state dict, searched in this order: the authors' IDM script,
+# PyTorch Lightning, and the usual {"model": ...} / {"module": ...} of hand-written loops.
+STATE_DICT_CONTAINERS = ("model_state_dict", "state_dict", "model", "module")
+# Prefixes of wrappers that hold one module and add no parameters: torch.compile's OptimizedModule
+# and (Distributed)DataParallel. They can nest, in either order.
+TRANSPARENT_WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+# How a file torch.save wrote begins: a zip archive (PyTorch >= 1.6), or the legacy format, a
+# protocol-2 pickle of torch's magic number (PROTO 2, LONG1 of 10 bytes, the number little-endian).
+TORCH_ZIP_HEAD = b"PK\x03\x04"
+TORCH_LEGACY_HEAD = b"\x80\x02\x8a\x0a" + 0x1950A86A20F9469CFC6C.to_bytes(10, "little")
+PICKLE_HEAD = b"\x80"  # the PROTO opcode every pickle of protocol 2 or later starts with
+HEAD_BYTES_SHOWN = 16
+# Sentences of torch's weights-only error that are advice, not the reason (among them "re-running
+# with weights_only=False will likely succeed", wrong for a file from elsewhere).
+TORCH_ADVICE_MARKERS = ("weights_only", "Weights only load failed", "safe_globals", "trusted source",
+                        "torch.load", "file an issue", "still be loaded")
 
 
 class CheckpointError(ValueError):
@@ -244,48 +264,151 @@ def listed_keys(keys: Sequence[str], shown: Callable[[str], str] = repr) -> str:
     return listed if len(keys) <= MAX_KEYS_IN_MESSAGE else f"{listed} and {len(keys) - MAX_KEYS_IN_MESSAGE} more"
 
 
+def without_wrapper_prefixes(key: str) -> str:
+    """``key`` without the leading prefixes of :data:`TRANSPARENT_WRAPPER_PREFIXES` (nested in any order)."""
+    while key.startswith(TRANSPARENT_WRAPPER_PREFIXES):
+        key = key.split(".", 1)[1]
+    return key
+
+
 def map_released_key(key: str) -> str | None:
     """This project's name for a key of the released state dict, or ``None`` for a key that is dropped."""
-    key = key.removeprefix("module.")
+    key = without_wrapper_prefixes(key)
     if key in RELEASED_BUFFER_NAMES:
         return RELEASED_BUFFER_NAMES[key]
     for prefix in RELEASED_WRAPPER_PREFIXES:
         if key.startswith(prefix):
-            key = key.removeprefix(prefix)
+            key = without_wrapper_prefixes(key.removeprefix(prefix))
             break
     return None if key in RELEASED_UNUSED_KEYS else key
+
+
+def load_weights_only(path: Path, *, mmap: bool = False) -> object:
+    """``torch.load(path, weights_only=True)`` on CPU, with errors that say what is wrong with the file.
+
+    Every pickle of the project is opened here, because torch's own messages mislead about a file
+    from elsewhere: a refused pickle ends with the advice to re-run with ``weights_only=False``
+    (which would run whatever the file asks), and an empty or text file is reported as a refused
+    pickle. Here a refusal names what the file asked for (e.g. ``GLOBAL os.makedirs``) and never
+    suggests turning the check off; an empty, text, foreign-pickle, legacy or truncated file is
+    named as such. Nothing of a refused file runs: the weights-only unpickler stops at the request.
+
+    Raises:
+        CheckpointError: naming ``path`` and what is wrong with it.
+    """
+    with open(path, "rb") as file:
+        head = file.read(max(HEAD_BYTES_SHOWN, len(TORCH_LEGACY_HEAD)))
+    _check_torch_file_head(path, head, mmap)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as error:  # the weights-only unpickler refused something
+        # "from None": the chained torch error would print the advice to turn the check off.
+        raise CheckpointError(
+            f"{path}: refused by weights-only loading, before anything in it ran: {weights_only_refusal(str(error))}. "
+            "A checkpoint from elsewhere may hold only tensors and containers of them; ask its source for "
+            "safetensors or a state dict saved with torch.save"
+        ) from None
+    except Exception as error:  # noqa: BLE001 (whatever a damaged file makes torch's reader raise: struct.error too)
+        damage = _first_sentence(str(error), error)
+        raise CheckpointError(f"{path}: damaged or truncated PyTorch file: {damage}") from error
+
+
+def _check_torch_file_head(path: Path, head: bytes, mmap: bool) -> None:
+    """Refuse, by what it is, a file whose first bytes are not those of a file torch.save wrote."""
+    shown = head[:HEAD_BYTES_SHOWN]
+    if not head:
+        raise CheckpointError(f"{path}: empty file (0 bytes); the download or copy did not complete")
+    if head.startswith(TORCH_ZIP_HEAD):
+        return
+    if head.startswith(TORCH_LEGACY_HEAD[: len(head)]):
+        if len(head) < len(TORCH_LEGACY_HEAD):
+            raise CheckpointError(f"{path}: truncated PyTorch file: {len(head)} bytes")
+        if mmap:
+            raise CheckpointError(
+                f"{path}: a torch.save file in the legacy format (the default before PyTorch 1.6); it is "
+                "memory-mapped here, which needs the zip format: re-save it with torch.save's default"
+            )
+        return
+    if head.startswith(PICKLE_HEAD):
+        raise CheckpointError(f"{path}: a Python pickle, but not a file torch.save wrote: starts with {shown!r}")
+    raise CheckpointError(f"{path}: not a PyTorch checkpoint: starts with {shown!r}")
+
+
+def weights_only_refusal(message: str) -> str:
+    """What torch's weights-only unpickler refused, from its error ``message``, without torch's advice."""
+    blocked = re.search(r"unsupported GLOBAL (\S+) whose module (\S+) is blocked", message)
+    if blocked:
+        return (f"the file asks for the Python object {blocked[1]} (pickle GLOBAL {blocked[1]}), from module "
+                f"{blocked[2]}, which weights-only loading never imports")
+    unsupported = re.search(r"GLOBAL (\S+) was not an allowed global", message)
+    if unsupported:
+        return (f"the file asks for the Python object {unsupported[1]} (pickle GLOBAL {unsupported[1]}), which is "
+                "neither a tensor nor a container; rebuilding it could run code")
+    detail = message.rsplit("WeightsUnpickler error:", 1)[-1]
+    sentences = [sentence for line in detail.splitlines() for sentence in re.split(r"(?<=\.)\s+", line.strip())]
+    reason = " ".join(s for s in sentences if s and not any(marker in s for marker in TORCH_ADVICE_MARKERS))
+    return reason.rstrip(".") or "the file holds something other than tensors and containers of them"
+
+
+def _first_sentence(message: str, error: Exception) -> str:
+    """The first sentence of ``message`` (torch appends paragraphs of advice), else the error's type."""
+    first = re.split(r"(?<=\.)\s", message.strip(), maxsplit=1)[0] if message.strip() else ""
+    return first.rstrip(".") or type(error).__name__
+
+
+def find_state_dict(loaded: object, source: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """The state dict in a loaded torch file: the file itself, or nested under :data:`STATE_DICT_CONTAINERS`.
+
+    A dict holding one of those keys with a dict value is a container (a state dict's values are
+    tensors, so it never is one); descend into the first such key, as often as it nests.
+
+    Raises:
+        CheckpointError: the file is no dict, holds no tensor, or a key is not a name of a tensor.
+    """
+    where = "the file"
+    while isinstance(loaded, dict):
+        container = next((key for key in STATE_DICT_CONTAINERS if isinstance(loaded.get(key), dict)), None)
+        if container is None:
+            break
+        loaded, where = loaded[container], f"{where}[{container!r}]"
+    expected = f"a state dict (tensors by name), the file itself or under one of {list(STATE_DICT_CONTAINERS)}"
+    if not isinstance(loaded, dict) or not loaded:
+        found = "an empty dict" if isinstance(loaded, dict) else f"of type {type(loaded).__name__}"
+        raise CheckpointError(f"{source}: expected {expected}; {where} is {found}")
+    for key, value in loaded.items():
+        if not isinstance(key, str) or not isinstance(value, Tensor):
+            raise CheckpointError(
+                f"{source}: expected {expected}; {where}[{key!r}] is of type {type(value).__name__}, not a tensor"
+            )
+    return loaded
+
+
+def renamed_state(
+    state: Mapping[str, Tensor], rename: Callable[[str], str | None], source: str | os.PathLike[str]
+) -> dict[str, Tensor]:
+    """``state`` with each key renamed (``None`` drops it); two keys with one new name are an error."""
+    renamed: dict[str, Tensor] = {}
+    original: dict[str, str] = {}
+    for key, value in state.items():
+        name = rename(key)
+        if name is None:
+            continue
+        if name in renamed:
+            raise CheckpointError(f"{source}: keys {original[name]!r} and {key!r} both map to {name!r}")
+        renamed[name], original[name] = value, key
+    return renamed
 
 
 def read_released_state_dict(pt_path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """The released pickle's state dict with keys mapped to this project's names (see module docstring).
 
-    The file is opened with ``weights_only=True`` only. A file that needs more than tensors and
-    containers is refused rather than trusted. Both the ``{"model_state_dict": ...}`` layout and a
-    bare state dict are accepted.
+    The file is opened weights-only (:func:`load_weights_only`): a file that needs more than
+    tensors and containers is refused rather than trusted.
     """
     path = Path(pt_path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: released IDM checkpoint not found")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CheckpointError(f"{path}: not a readable weights-only torch checkpoint: {first_line}") from error
-    state = loaded.get("model_state_dict", loaded) if isinstance(loaded, dict) else loaded
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: expected a state dict, got {type(state).__name__}")
-    mapped: dict[str, Tensor] = {}
-    sources: dict[str, str] = {}
-    for key, value in state.items():
-        if not isinstance(key, str) or not isinstance(value, Tensor):
-            raise CheckpointError(f"{path}: key {key!r} is not a tensor entry (got {type(value).__name__})")
-        name = map_released_key(key)
-        if name is None:
-            continue
-        if name in mapped:
-            raise CheckpointError(f"{path}: keys {sources[name]!r} and {key!r} both map to {name!r}")
-        mapped[name], sources[name] = value, key
-    return mapped
+    return renamed_state(find_state_dict(load_weights_only(path), path), map_released_key, path)
 
 
 def load_released_checkpoint(pt_path: str | os.PathLike[str], config: IDMConfig) -> ResNetPlusIDM:
