@@ -415,7 +415,8 @@ def test_the_plan_is_checked_again_at_the_start_with_the_pose_measured_then():
 
 
 @pytest.mark.parametrize(("disturbance", "code", "reason"), [
-    ("lag", Code.TRACKING_ERROR, "fl_joint1 measured .* \\|error\\| 0.2 > tolerance 0.15; every controller stops \\(braking"),
+    ("lag", Code.TRACKING_ERROR,
+     "fl_joint1 measured .* \\|error\\| 0.2 > tolerance 0.15; every controller stops \\(braking"),
     ("silence", Code.JOINT_STATES_STALE, "while executing: newest joint_states is 0.5[0-9]* s old"),
     ("nan", Code.JOINT_STATES_IMPLAUSIBLE, "while executing: joint_states: non-finite position nan of fr_joint6"),
     ("stuck", Code.TRACKING_ERROR, "goal not reached within goal_time 0.5 s after the end: fl_joint[1-6] at "),

@@ -1,10 +1,11 @@
 """controller_bridge as a real process over real DDS: plans, the e-stop, joint-state faults, lifecycle.
 
 The test process plays the robot (joint_states following the commands it receives, the way a
-JointTrajectoryController would: a future stamp waits, an empty trajectory holds) and the IDM node
+JointTrajectoryController would: a future stamp waits while the previous command goes on, an empty
+trajectory is rejected) and the IDM node
 (GatedPlans made by the gate, ``eva_idm.motion.plan_to_motion``, from smooth synthetic decodes that
 start at the measured pose), and spies on both arm controller topics. Every command the spy sees
-must be a hold or the exact command of a plan the bridge accepted.
+must be a stop (braking to rest) or the exact command of a plan the bridge accepted.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ class Robot:
         self.peer, node = ros_peer, ros_peer.node
         self.pose, self.velocity = np.array(pose, dtype=float), np.zeros(14)
         self.received: list[tuple[str, int, object]] = []  # (controller, arrival ns, message)
-        self.active: dict[str, tuple[int, Trajectory, np.ndarray]] = {}
+        self.active: dict[str, list[tuple[int, Trajectory, np.ndarray]]] = {}
         self.statuses: dict[str, list] = {}
         self.diagnostics: list = []
         self.publishing, self.following = True, True
@@ -129,13 +130,14 @@ class Robot:
     def _on_command(self, controller: str, message) -> None:
         self.received.append((controller, self.now_ns(), message))
         columns = [NAMES.index(name) for name in message.joint_names]
-        if not message.points:
-            self.active.pop(controller, None)
+        if not message.points:  # JTC rejects it: the previous command goes on
             return
         times = [nanoseconds(point.time_from_start) / NS for point in message.points]
+        accelerations = [list(p.accelerations) for p in message.points] if message.points[0].accelerations else None
         trajectory = Trajectory(tuple(message.joint_names), times, [list(p.positions) for p in message.points],
-                                [list(p.velocities) for p in message.points])
-        self.active[controller] = (nanoseconds(message.header.stamp), trajectory, np.array(columns))
+                                [list(p.velocities) for p in message.points], accelerations)
+        self.active.setdefault(controller, []).append((nanoseconds(message.header.stamp), trajectory,
+                                                       np.array(columns)))
 
     def _on_status(self, message) -> None:
         self.statuses.setdefault(message.plan_id, []).append(message)
@@ -145,8 +147,10 @@ class Robot:
 
         now = self.now_ns()
         self.velocity = np.zeros(14)
-        for stamp, trajectory, columns in self.active.values():
-            if self.following and now >= stamp:
+        for commands in self.active.values():  # the newest command already due; the one before it until then
+            due = [command for command in commands if command[0] <= now]
+            if self.following and due:
+                stamp, trajectory, columns = due[-1]
                 positions, velocities, _ = sample(trajectory, (now - stamp) / NS)
                 self.pose[columns], self.velocity[columns] = positions, velocities
         if not self.publishing:
@@ -231,10 +235,18 @@ def assert_command_of(plan, pose: np.ndarray, messages) -> None:
             assert len(sent.accelerations) == len(sent.effort) == 0
 
 
-def assert_holds(messages) -> None:
+def assert_stops(messages) -> None:
+    """``messages`` are a stop for both arms: one stamp, braking with accelerations to a last point at rest."""
     assert sorted(controller for controller, _, _ in messages) == sorted(ARMS)
+    assert len({nanoseconds(message.header.stamp) for _, _, message in messages}) == 1
     for controller, _, message in messages:
-        assert list(message.joint_names) == ARMS[controller] and len(message.points) == 0
+        assert list(message.joint_names) == ARMS[controller] and len(message.points) >= 2  # never empty
+        assert all(len(point.accelerations) == 7 for point in message.points)
+        assert list(message.points[-1].velocities) == [0.0] * 7
+
+
+def await_rest(robot: Robot, timeout: float = 10.0) -> None:
+    robot.peer.spin_until(lambda: np.abs(robot.velocity).max() == 0.0, timeout, "the arms to come to rest")
 
 
 def call_rearm(ros_peer) -> tuple[bool, str]:
@@ -393,7 +405,7 @@ def test_a_thousand_bad_plans_never_reach_the_controllers(bridge):
     print(f"{rounds} bad + {rounds} good plans in {time.monotonic() - started:.1f} s")
 
 
-def test_the_estop_holds_both_arms_until_it_is_released_and_rearmed(bridge):
+def test_the_estop_stops_both_arms_until_it_is_released_and_rearmed(bridge):
     from lifecycle_msgs.msg import Transition
 
     process, robot, lifecycle = bridge()
@@ -404,9 +416,11 @@ def test_the_estop_holds_both_arms_until_it_is_released_and_rearmed(bridge):
     aborted = robot.await_final("moving")
     assert (aborted.state, aborted.code) == (ABORTED, ESTOP)
     robot.await_commands(4)
-    assert_holds(robot.received[2:])
+    assert_stops(robot.received[2:])
+    await_rest(robot)
     held = robot.pose.copy()
-    assert np.abs(held - HOME).max() > 0.01  # it had moved, and stopped where it was
+    assert np.abs(held - HOME).max() > 0.01  # it had moved, and braked to rest
+    assert np.abs(held - (HOME + MOVE)).max() > 0.05  # short of the plan's end
     success, message = call_rearm(robot.peer)
     assert (success, message) == (False, "eva/estop is still true: release the e-stop before re-arming")
     refused = robot.send("while latched", motion(robot.pose, MOVE))
@@ -426,6 +440,95 @@ def test_the_estop_holds_both_arms_until_it_is_released_and_rearmed(bridge):
     assert robot.await_final("after rearm", 60).state == SUCCEEDED
     assert_command_of(resumed, held, robot.received[4:])
     assert process.poll() is None
+
+
+# An operator's e-stop in its own process: one message per value given, then exit, QoS as given.
+ESTOP_PUBLISHER = """
+import sys, time
+import rclpy
+from rclpy.duration import Duration
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import Bool
+durability, *values = sys.argv[1:]
+rclpy.init()
+node = rclpy.create_node("operator_estop")
+qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=getattr(DurabilityPolicy, durability))
+publisher = node.create_publisher(Bool, "eva/estop", qos)
+deadline = time.monotonic() + 30
+while publisher.get_subscription_count() < 1 and time.monotonic() < deadline:
+    rclpy.spin_once(node, timeout_sec=0.05)
+for value in values:
+    publisher.publish(Bool(data=value == "true"))
+publisher.wait_for_all_acked(Duration(seconds=5))
+print("published", values, "to", publisher.get_subscription_count(), "subscriptions", flush=True)
+"""
+
+
+def operator_estop(robot: Robot, ros_domain: int, durability: str, *values: str) -> str:
+    """Run ESTOP_PUBLISHER to its end while the robot peer goes on spinning; its output."""
+    import subprocess
+    import sys
+
+    from eva_sim.processes import ros_environment
+
+    child = subprocess.Popen([sys.executable, "-c", ESTOP_PUBLISHER, durability, *values], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=ros_environment(ros_domain))
+    robot.peer.spin_until(lambda: child.poll() is not None, 60, "the operator's e-stop publisher to exit")
+    output, errors = child.communicate()
+    assert child.returncode == 0, errors
+    return output
+
+
+@pytest.mark.parametrize("durability", ["VOLATILE", "TRANSIENT_LOCAL"])
+def test_an_estop_from_any_reliable_publisher_stops_the_arms_and_no_true_is_lost(bridge, ros_domain, durability):
+    """The default QoS of ros2 topic pub, rclpy and rclcpp is volatile: it must reach the bridge too."""
+    process, robot, _ = bridge()
+    robot.send("moving", motion(HOME, MOVE, seconds=4.0))  # 8 s: the operator's process takes seconds to start
+    robot.await_state("moving", EXECUTING)
+    robot.spin_for(0.3)
+    assert "published" in operator_estop(robot, ros_domain, durability, "true", "false")  # then exits
+    aborted = robot.await_final("moving")
+    assert (aborted.state, aborted.code) == (ABORTED, ESTOP), aborted.reason  # the true was not lost behind false
+    robot.await_commands(4)
+    assert_stops(robot.received[2:])
+    await_rest(robot)
+    refused = robot.send("while latched", tiny(robot.pose))
+    assert robot.await_final(refused.plan_id).code == ESTOP
+    assert call_rearm(robot.peer) == (True, "re-armed: plans are accepted again")  # released: false came last
+    assert len(robot.received) == 4 and process.poll() is None
+
+
+def test_a_transient_local_estop_pressed_before_the_bridge_started_latches_it(start_node, ros_peer, ros_domain,
+                                                                              tmp_path):
+    from lifecycle_msgs.msg import Transition
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import Bool
+
+    qos_latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    pressed = ros_peer.node.create_publisher(Bool, "eva/estop", qos_latched)
+    pressed.publish(Bool(data=True))
+    robot = Robot(ros_peer)
+    process = start_node("eva_idm", "controller_bridge", "--ros-args", "--params-file", str(CONFIG_FILE),
+                         *[argument for override in FAST for argument in ("-p", override)])
+    lifecycle = LifecycleClient(ros_peer, "controller_bridge")
+    assert lifecycle.transition(Transition.TRANSITION_CONFIGURE), process.log()
+    assert lifecycle.transition(Transition.TRANSITION_ACTIVATE), process.log()
+    robot.spin_for(0.5)
+    refused = robot.send("after the press", tiny(HOME))
+    final = robot.await_final(refused.plan_id)
+    assert final.code == ESTOP and "e-stop engaged" in final.reason
+
+
+def test_a_silent_estop_source_latches_when_a_heartbeat_is_required(bridge):
+    process, robot, _ = bridge("estop_heartbeat_timeout:=0.5")
+    robot.spin_for(0.6)
+    refused = robot.send("no heartbeat", tiny(HOME))
+    final = robot.await_final(refused.plan_id)
+    assert final.code == ESTOP and "no eva/estop message for" in final.reason, final.reason
+    success, message = call_rearm(robot.peer)
+    assert not success and "the e-stop source must be alive before re-arming" in message
+    assert robot.received == [] or all(len(m.points) >= 2 for _, _, m in robot.received)  # stops only
 
 
 def test_stale_and_implausible_joint_states_refuse_plans_and_abort_execution(bridge):
@@ -455,7 +558,7 @@ def test_stale_and_implausible_joint_states_refuse_plans_and_abort_execution(bri
     aborted = robot.await_final("silenced")
     assert (aborted.state, aborted.code) == (ABORTED, STALE) and aborted.reason.startswith("while executing")
     robot.await_commands(4)
-    assert_holds(robot.received[2:])
+    assert_stops(robot.received[2:])
     assert len(robot.received) == 4 and process.poll() is None
 
 
@@ -467,13 +570,13 @@ def test_a_moved_robot_is_refused_and_a_stuck_one_is_stopped(bridge):
     robot.following = False  # the arms do not move: the tracking error grows
     robot.send("stuck", motion(HOME, MOVE))
     aborted = robot.await_final("stuck")
-    assert (aborted.state, aborted.code) == (ABORTED, TRACKING) and "every controller holds" in aborted.reason
+    assert (aborted.state, aborted.code) == (ABORTED, TRACKING) and "every controller stops" in aborted.reason
     robot.await_commands(4)
-    assert_holds(robot.received[2:])
+    assert_stops(robot.received[2:])
     assert len(robot.received) == 4 and process.poll() is None
 
 
-def test_deactivating_or_stopping_the_bridge_holds_an_executing_plan(bridge):
+def test_deactivating_or_stopping_the_bridge_stops_an_executing_plan(bridge):
     from lifecycle_msgs.msg import Transition
 
     process, robot, lifecycle = bridge()
@@ -481,9 +584,10 @@ def test_deactivating_or_stopping_the_bridge_holds_an_executing_plan(bridge):
     robot.await_state("deactivated", EXECUTING)
     assert lifecycle.transition(Transition.TRANSITION_DEACTIVATE)
     aborted = robot.await_final("deactivated")
-    assert (aborted.state, aborted.code, aborted.reason) == (ABORTED, CANCELLED, "controller_bridge deactivated")
+    assert (aborted.state, aborted.code) == (ABORTED, CANCELLED)
+    assert aborted.reason.startswith("controller_bridge deactivated; every controller stops (braking")
     robot.await_commands(4)
-    assert_holds(robot.received[2:])
+    assert_stops(robot.received[2:])
     assert lifecycle.transition(Transition.TRANSITION_ACTIVATE)
     robot.spin_for(0.3)
     robot.send("interrupted", motion(robot.pose, MOVE))
@@ -491,7 +595,7 @@ def test_deactivating_or_stopping_the_bridge_holds_an_executing_plan(bridge):
     robot.await_commands(6)
     assert process.stop() == 0  # SIGINT
     robot.await_commands(8)
-    assert_holds(robot.received[6:])
+    assert_stops(robot.received[6:])
     assert "controller_bridge process exiting" in process.log_path.read_text()
 
 
