@@ -12,7 +12,7 @@ import pytest
 import torch
 from idm_checkpoints import random_idm_checkpoint, still_idm_checkpoint
 
-from eva_idm.embodiment import load_embodiment
+from eva_idm.embodiment import load_embodiment, resolve_embodiment_path
 from eva_idm.frames import FrameError
 from eva_idm.idm.checkpoint import CALIBRATION_FILE, CheckpointError, read_calibration
 from eva_idm.motion import Verdict, validate_trajectory
@@ -21,9 +21,11 @@ from eva_idm.plan_gate import (
     FROM_CALIBRATION,
     FROM_EMBODIMENT,
     FROM_PARAMETER,
+    CappedTolerance,
     IDMNodeConfig,
     PlanGate,
     frame_error_verdict,
+    gate_id,
 )
 from eva_sim.test_patterns import moving_pattern
 
@@ -50,7 +52,7 @@ def still_gate(still_checkpoint) -> PlanGate:
 def with_calibration(checkpoint, tmp_path, max_start_offset, joint_names=JOINTS):
     """A copy of ``checkpoint`` with the calibration.json `eva eval idm` writes (its keys)."""
     copy = shutil.copytree(checkpoint, tmp_path / "calibrated")
-    calibration = {"joint_names": list(joint_names), "max_start_offset": list(max_start_offset),
+    calibration = {"joint_names": list(joint_names), "max_start_offset": [float(value) for value in max_start_offset],
                    "first_frame_error_quantile": [0.01] * len(joint_names), "quantile": 0.99, "margin": 1.5,
                    "episodes": 5}
     (copy / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=1) + "\n")
@@ -71,8 +73,10 @@ def test_a_still_plan_at_the_measured_pose_is_accepted_with_the_best_reward(stil
     np.testing.assert_array_equal(trajectory.positions[0], POSE)
     assert trajectory.accelerations is None
     assert validate_trajectory(trajectory, EMBODIMENT, 100.0, start_positions=POSE) == []
-    assert still_gate.model_id.startswith(f"{still_checkpoint.name}@") and len(still_gate.model_id.split("@")[1]) == 12
-    assert still_gate.max_start_offset_source == FROM_EMBODIMENT
+    weights, thresholds = still_gate.model_id.split("+gate:")
+    assert weights.startswith(f"{still_checkpoint.name}@") and len(weights.split("@")[1]) == 12
+    assert thresholds == gate_id(EMBODIMENT, still_gate.gate_config) and thresholds.startswith("aloha_agilex@")
+    assert still_gate.max_start_offset_source == FROM_EMBODIMENT and not still_gate.capped_start_offsets
 
 
 def test_joint_state_is_read_by_name_and_extra_joints_are_ignored(still_gate):
@@ -94,33 +98,90 @@ def test_a_random_idm_decodes_noise_and_the_report_says_why(tmp_path):
     assert judgement.motion.trajectory is None
 
 
-def test_max_start_offset_comes_from_the_parameter_else_the_calibration_else_the_embodiment(still_checkpoint,
-                                                                                            tmp_path):
-    """The still IDM decodes POSE; the robot stood 0.15 rad away on fl_joint1 (embodiment tolerance 0.1)."""
+def load_gate(checkpoint, **parameters) -> PlanGate:
+    return PlanGate.load(IDMNodeConfig(checkpoint=str(checkpoint), device="cpu", **parameters))
+
+
+CEILING = np.array(EMBODIMENT.gate.max_start_offset)
+
+
+def test_a_tighter_calibration_is_used_and_a_looser_one_is_capped_at_the_embodiment(still_checkpoint, tmp_path):
+    """The still IDM decodes POSE; the robot stood 0.07 rad away on fl_joint1 (embodiment tolerance 0.1)."""
     measured = POSE.copy()
-    measured[0] -= 0.15
-    calibrated = with_calibration(still_checkpoint, tmp_path, [0.2] * 14)
+    measured[0] -= 0.07
+    assert load_gate(still_checkpoint).judge(FRAMES, FPS, JOINTS, measured).executable
+    calibration = CEILING.copy()
+    calibration[0] = 0.05  # tighter than the embodiment: used
+    calibration[[5, 12]] = 4.28  # a worse IDM's j6, as a benchmark checkpoint measured: capped at 0.1
+    calibration[6] = 0.3  # left_gripper, embodiment 0.25: capped
 
-    def gate(checkpoint, **parameters) -> PlanGate:
-        return PlanGate.load(IDMNodeConfig(checkpoint=str(checkpoint), device="cpu", **parameters))
+    gate = load_gate(with_calibration(still_checkpoint, tmp_path, calibration))
+    assert gate.max_start_offset_source == FROM_CALIBRATION
+    assert gate.gate_config.max_start_offset == tuple(np.minimum(calibration, CEILING))
+    assert gate.gate_config.max_start_offset[5] == EMBODIMENT.gate.max_start_offset[5] == 0.1
+    assert gate.capped_start_offsets == (CappedTolerance("fl_joint6", 4.28, 0.1),
+                                         CappedTolerance("left_gripper", 0.3, 0.25),
+                                         CappedTolerance("fr_joint6", 4.28, 0.1))
+    assert "fl_joint6 4.28 capped at the embodiment's 0.1" in gate.max_start_offset_origin()
+    rejected = gate.judge(FRAMES, FPS, JOINTS, measured)
+    assert rejected.verdict is Verdict.START_OFFSET and "fl_joint1 0.07 (limit 0.05)" in rejected.reason
+    assert "capped" not in rejected.reason, "fl_joint1's tolerance was not capped"
 
-    uncalibrated = gate(still_checkpoint)
-    assert uncalibrated.gate_config.max_start_offset == EMBODIMENT.gate.max_start_offset
-    rejected = uncalibrated.judge(FRAMES, FPS, JOINTS, measured)
-    assert rejected.verdict is Verdict.START_OFFSET and "fl_joint1 0.15 (limit 0.1)" in rejected.reason
-    assert rejected.motion.offending_joints == ("fl_joint1",)
 
-    from_calibration = gate(calibrated)
-    assert from_calibration.max_start_offset_source == FROM_CALIBRATION
-    assert from_calibration.gate_config.max_start_offset == (0.2,) * 14
-    accepted = from_calibration.judge(FRAMES, FPS, JOINTS, measured)
-    assert accepted.executable, accepted.reason
-    assert accepted.motion.start_offset[0] == pytest.approx(0.15, abs=1e-6)
-    np.testing.assert_allclose(accepted.motion.trajectory.positions[0], measured)
+def test_a_plan_rejected_on_a_capped_joint_says_the_calibration_was_capped(still_checkpoint, tmp_path):
+    measured = POSE.copy()
+    measured[5] -= 0.15  # fl_joint6: beyond the embodiment's 0.1, within the calibration's 4.28
+    calibration = CEILING.copy()
+    calibration[5] = 4.28
+    gate = load_gate(with_calibration(still_checkpoint, tmp_path, calibration))
+    assert gate.gate_config.max_start_offset == EMBODIMENT.gate.max_start_offset
 
-    from_parameter = gate(calibrated, max_start_offset=[0.12] * 14)
+    rejected = gate.judge(FRAMES, FPS, JOINTS, measured)
+    assert rejected.verdict is Verdict.START_OFFSET and rejected.motion.offending_joints == ("fl_joint6",)
+    assert "fl_joint6 0.15 (limit 0.1)" in rejected.reason
+    assert "calibration.json: fl_joint6 4.28 capped at the embodiment's 0.1" in rejected.reason
+
+
+def test_the_parameter_beats_the_calibration_and_may_only_tighten(still_checkpoint, tmp_path):
+    """An operator's max_start_offset is used as given when at most the embodiment's, refused above it."""
+    measured = POSE.copy()
+    measured[0] -= 0.07
+    calibrated = with_calibration(still_checkpoint, tmp_path, [0.05] * 14)
+    from_parameter = load_gate(calibrated, max_start_offset=list(CEILING))
     assert from_parameter.max_start_offset_source == FROM_PARAMETER
-    assert from_parameter.judge(FRAMES, FPS, JOINTS, measured).verdict is Verdict.START_OFFSET
+    assert from_parameter.judge(FRAMES, FPS, JOINTS, measured).executable
+    tighter = load_gate(still_checkpoint, max_start_offset=list(CEILING / 2))
+    assert "fl_joint1 0.07 (limit 0.05)" in tighter.judge(FRAMES, FPS, JOINTS, measured).reason
+    with pytest.raises(ValueError, match=r"max_start_offset: above the embodiment aloha_agilex's gate.max_start_offset "
+                                         r"at fl_joint1 0.12 > 0.1, right_gripper 0.3 > 0.25; the parameter may only "
+                                         r"tighten the gate"):
+        load_gate(still_checkpoint, max_start_offset=[0.12, *CEILING[1:13], 0.3])
+
+
+def test_the_model_id_names_the_weights_and_the_thresholds_that_judge(still_checkpoint, tmp_path):
+    """The gate part changes with the calibration in force and with the embodiment, and with nothing else."""
+    weights_hash = load_gate(still_checkpoint).model_id.split("+gate:")[0].split("@")[1]
+
+    def thresholds_id(checkpoint, **parameters) -> str:
+        weights, thresholds = load_gate(checkpoint, **parameters).model_id.split("+gate:")
+        assert weights.endswith(f"@{weights_hash}"), "the same weights whatever judges them"
+        return thresholds
+
+    uncalibrated = thresholds_id(still_checkpoint)
+    assert thresholds_id(still_checkpoint, batch_size=3, num_threads=1, diagnostics_period=5.0) == uncalibrated
+    tight = thresholds_id(with_calibration(still_checkpoint, tmp_path / "tight", CEILING / 2))
+    tighter = thresholds_id(with_calibration(still_checkpoint, tmp_path / "tighter", CEILING / 3))
+    assert len({uncalibrated, tight, tighter}) == 3
+    # A calibration capped everywhere leaves the embodiment's thresholds in force: they judge, so the id is theirs.
+    assert thresholds_id(with_calibration(still_checkpoint, tmp_path / "capped", CEILING * 40)) == uncalibrated
+
+    yaml_text = resolve_embodiment_path("aloha_agilex").read_text()
+    assert "  min_reward: 6.0\n" in yaml_text
+    stricter_robot = tmp_path / "aloha_agilex_strict.yaml"
+    stricter_robot.write_text(yaml_text.replace("  min_reward: 6.0\n", "  min_reward: 6.5\n"))
+    strict = thresholds_id(still_checkpoint, embodiment=str(stricter_robot))
+    assert strict.startswith("aloha_agilex@") and strict != uncalibrated
+    assert thresholds_id(still_checkpoint, min_reward=6.5) not in (uncalibrated, strict)
 
 
 def test_gate_parameters_override_the_embodiment_only_when_set(still_checkpoint):

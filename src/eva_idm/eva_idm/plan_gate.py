@@ -12,17 +12,29 @@
   :func:`~eva_idm.motion.plan_to_motion`, with the time each stage took.
 
 **Where ``max_start_offset`` comes from** (first that applies): the ``max_start_offset`` parameter
-when it is not empty; else the checkpoint's ``calibration.json``, which ``eva eval idm`` writes
-from the IDM's measured first-frame error; else the embodiment YAML's ``gate.max_start_offset``.
-The start offset is IDM error, so the IDM's own measurement beats a generic default, and an
-operator's explicit setting beats both. ``min_reward`` and ``time_scale`` come from the parameter
-when it is not -1, else from the embodiment.
+when it is not empty; else the checkpoint's ``calibration.json``, which ``eva eval idm
+--calibrate true`` writes from the IDM's measured first-frame error; else the embodiment YAML's
+``gate.max_start_offset``. **Neither may loosen the gate**: the embodiment's value is the ceiling
+of each joint. A calibrated tolerance above it is capped at it (a worse IDM measures a larger
+error, and must not get a more permissive gate), and the capping is said in the log and in the
+reason of a plan rejected on a capped joint. A parameter above it is refused at configure: an
+operator's explicit value that the node silently lowered would mislead, and loosening the gate
+is a change to the embodiment YAML, which reports identify (below). ``min_reward`` and
+``time_scale`` come from the parameter when it is not -1, else from the embodiment.
+
+**Which thresholds judged a plan**: the report's ``idm_model_id`` is
+``<checkpoint>@<weights hash>+gate:<embodiment>@<thresholds hash>`` (:func:`checkpoint_id`,
+:func:`gate_id`). The thresholds hash covers the whole embodiment (limits and gate defaults) and
+the gate's effective thresholds after calibration and parameters, so it changes with anything
+that can change a verdict or the trajectory sent, and with nothing else (not with the device,
+batch size or threads; not with a calibration whose every value is capped, which judges like none).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import numbers
 import time
@@ -69,8 +81,9 @@ class IDMNodeConfig:
                                                     f"[{_MIN_TIME_SCALE}, 1] (0.5 = half the planned speed) "
                                                     "[dimensionless]; -1 = the embodiment's gate.time_scale")
     max_start_offset: tuple[float, ...] = setting((), "per joint in embodiment order, the largest start offset "
-                                                      "removed rather than rejected [rad; grippers 0..1]; [] = the "
-                                                      "checkpoint's calibration.json, else the embodiment's")
+                                                      "removed rather than rejected, at most the embodiment's [rad; "
+                                                      "grippers 0..1]; [] = the checkpoint's calibration.json capped "
+                                                      "at the embodiment's, else the embodiment's")
     emit_accelerations: bool = setting(False, "fill the trajectory's accelerations too (JTC then interpolates "
                                               "quintic; the motion is the same)")
     diagnostics_period: float = setting(1.0, "period of the /diagnostics status [s]")
@@ -100,29 +113,116 @@ class IDMNodeConfig:
         if not (math.isfinite(self.diagnostics_period) and self.diagnostics_period > 0.0):
             raise ValueError(f"diagnostics_period: must be a finite number > 0 [s], got {self.diagnostics_period}")
 
-    def gate_config(
+    def gate_thresholds(
         self, embodiment: Embodiment, calibration: StartOffsetCalibration | None = None
-    ) -> tuple[GateConfig, str]:
-        """The gate's thresholds and where ``max_start_offset`` came from (see the module docstring).
+    ) -> GateThresholds:
+        """The gate's thresholds, where ``max_start_offset`` came from and what was capped (module docstring).
 
         Raises:
-            ValueError: ``max_start_offset`` has not one value per joint of ``embodiment``.
+            ValueError: ``max_start_offset`` has not one value per joint of ``embodiment``, or
+                exceeds the embodiment's on a joint (a parameter may only tighten the gate).
         """
         overrides: dict[str, object] = {"emit_accelerations": self.emit_accelerations}
         for name in ("min_reward", "time_scale"):
             if getattr(self, name) != EMBODIMENT_DEFAULT:
                 overrides[name] = getattr(self, name)
-        source = FROM_EMBODIMENT
+        source, capped = FROM_EMBODIMENT, ()
         if self.max_start_offset:
-            if len(self.max_start_offset) != embodiment.num_joints:
-                raise ValueError(
-                    f"max_start_offset: expected {embodiment.num_joints} values, one per joint of embodiment "
-                    f"{embodiment.name} {list(embodiment.joint_names)}, got {len(self.max_start_offset)}"
-                )
+            _check_tightens(self.max_start_offset, embodiment)
             overrides["max_start_offset"], source = self.max_start_offset, FROM_PARAMETER
         elif calibration is not None:
-            overrides["max_start_offset"], source = calibration.max_start_offset, FROM_CALIBRATION
-        return GateConfig.from_embodiment(embodiment, **overrides), source
+            overrides["max_start_offset"], capped = capped_calibration(calibration, embodiment)
+            source = FROM_CALIBRATION
+        return GateThresholds(GateConfig.from_embodiment(embodiment, **overrides), source, capped)
+
+
+def _check_tightens(max_start_offset: Sequence[float], embodiment: Embodiment) -> None:
+    """Raise ValueError unless the parameter has one value per joint, none above the embodiment's."""
+    if len(max_start_offset) != embodiment.num_joints:
+        raise ValueError(
+            f"max_start_offset: expected {embodiment.num_joints} values, one per joint of embodiment "
+            f"{embodiment.name} {list(embodiment.joint_names)}, got {len(max_start_offset)}"
+        )
+    looser = [
+        f"{name} {value:g} > {ceiling:g}"
+        for name, value, ceiling in zip(embodiment.joint_names, max_start_offset, embodiment.gate.max_start_offset,
+                                        strict=True)
+        if value > ceiling
+    ]
+    if looser:
+        raise ValueError(
+            f"max_start_offset: above the embodiment {embodiment.name}'s gate.max_start_offset at {', '.join(looser)}; "
+            "the parameter may only tighten the gate (a looser tolerance is a change to the embodiment YAML)"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class CappedTolerance:
+    """A calibrated start-offset tolerance above the embodiment's, which the gate uses instead.
+
+    Attributes:
+        joint: joint name.
+        calibrated: the tolerance ``calibration.json`` asked for [rad; grippers 0..1].
+        embodiment: the embodiment's tolerance, the one in force.
+    """
+
+    joint: str
+    calibrated: float
+    embodiment: float
+
+    def __str__(self) -> str:
+        return f"{self.joint} {self.calibrated:.3g} capped at the embodiment's {self.embodiment:g}"
+
+
+@dataclasses.dataclass(frozen=True)
+class GateThresholds:
+    """What :meth:`IDMNodeConfig.gate_thresholds` decides: the thresholds and how ``max_start_offset`` came about.
+
+    Attributes:
+        config: the thresholds the gate judges with.
+        max_start_offset_source: FROM_PARAMETER, FROM_CALIBRATION or FROM_EMBODIMENT.
+        capped: the calibrated tolerances the embodiment's replaced, in joint order.
+    """
+
+    config: GateConfig
+    max_start_offset_source: str
+    capped: tuple[CappedTolerance, ...] = ()
+
+
+def capped_calibration(
+    calibration: StartOffsetCalibration, embodiment: Embodiment
+) -> tuple[tuple[float, ...], tuple[CappedTolerance, ...]]:
+    """The calibrated start-offset tolerances capped at the embodiment's, and the joints where the cap applied.
+
+    Element-wise minimum: a calibration can only tighten the gate, whatever the IDM measured.
+
+    Raises:
+        ValueError: the calibration's joint names are not the embodiment's.
+    """
+    if calibration.joint_names != embodiment.joint_names:
+        raise ValueError(
+            f"calibration: joint_names {list(calibration.joint_names)} differ from embodiment {embodiment.name}'s "
+            f"{list(embodiment.joint_names)}"
+        )
+    calibrated, ceilings = calibration.max_start_offset, embodiment.gate.max_start_offset
+    capped = tuple(
+        CappedTolerance(name, value, ceiling)
+        for name, value, ceiling in zip(embodiment.joint_names, calibrated, ceilings, strict=True)
+        if value > ceiling
+    )
+    return tuple(map(min, calibrated, ceilings)), capped
+
+
+def gate_id(embodiment: Embodiment, gate_config: GateConfig) -> str:
+    """``<embodiment name>@<first 12 hex digits of a SHA-256>`` of the embodiment and the gate's thresholds.
+
+    Names the thresholds that judge a plan (see the module docstring): reports carry it in
+    ``idm_model_id`` beside the weights' hash, so a verdict can be traced to its limits and
+    calibration as well as to its IDM.
+    """
+    judged_by = {"embodiment": dataclasses.asdict(embodiment), "gate": dataclasses.asdict(gate_config)}
+    digest = hashlib.sha256(json.dumps(judged_by, sort_keys=True).encode()).hexdigest()
+    return f"{embodiment.name}@{digest[:12]}"
 
 
 class PlanRejected(Exception):  # noqa: N818 (a verdict, not a failure)
@@ -171,8 +271,10 @@ class PlanGate:
         embodiment: joint names and limits.
         gate_config: the gate's thresholds, sized for ``embodiment``.
         batch_size: windows per IDM forward pass.
-        model_id: identifies the IDM's weights in reports.
+        model_id: identifies the IDM's weights and the gate's thresholds in reports (``idm_model_id``;
+            :meth:`load` gives ``<checkpoint_id>+gate:<gate_id>``).
         max_start_offset_source: where ``gate_config.max_start_offset`` came from, for logs.
+        capped_start_offsets: calibrated tolerances the embodiment's replaced, for logs and reasons.
     """
 
     def __init__(
@@ -184,6 +286,7 @@ class PlanGate:
         batch_size: int = 16,
         model_id: str = "",
         max_start_offset_source: str = FROM_EMBODIMENT,
+        capped_start_offsets: Sequence[CappedTolerance] = (),
     ):
         check_embodiment(idm.config, embodiment.name, embodiment.joint_names, "PlanGate idm")
         gate_config.check_width(embodiment)
@@ -192,6 +295,7 @@ class PlanGate:
         self.idm, self.embodiment, self.gate_config = idm, embodiment, gate_config
         self.batch_size, self.model_id = batch_size, model_id
         self.max_start_offset_source = max_start_offset_source
+        self.capped_start_offsets = tuple(capped_start_offsets)
 
     @classmethod
     def load(cls, config: IDMNodeConfig) -> PlanGate:
@@ -218,9 +322,18 @@ class PlanGate:
             calibration = read_calibration(directory, embodiment.joint_names)
         except (OSError, ValueError) as error:
             raise ValueError(f"checkpoint: {error}") from error
-        gate_config, source = config.gate_config(embodiment, calibration)
-        return cls(idm, embodiment, gate_config, batch_size=config.batch_size, model_id=checkpoint_id(directory),
-                   max_start_offset_source=source)
+        thresholds = config.gate_thresholds(embodiment, calibration)
+        model_id = f"{checkpoint_id(directory)}+gate:{gate_id(embodiment, thresholds.config)}"
+        return cls(idm, embodiment, thresholds.config, batch_size=config.batch_size, model_id=model_id,
+                   max_start_offset_source=thresholds.max_start_offset_source,
+                   capped_start_offsets=thresholds.capped)
+
+    def max_start_offset_origin(self) -> str:
+        """Where ``max_start_offset`` came from and, for a calibration, which joints the embodiment capped."""
+        origin = f"from the {self.max_start_offset_source}"
+        if not self.capped_start_offsets:
+            return origin
+        return f"{origin}; {', '.join(map(str, self.capped_start_offsets))} (calibration only tightens the gate)"
 
     def min_frames(self, fps: float) -> int:
         """Fewest frames a plan at ``fps`` needs: EVA's reward (jerk) and one whole IDM window."""
@@ -290,8 +403,21 @@ class PlanGate:
         decoded_at = time.perf_counter()
         motion = plan_to_motion(decoded, rate, measured, self.embodiment, self.gate_config)
         timings = {"idm_decode": decoded_at - started, "gate": time.perf_counter() - decoded_at}
-        return PlanJudgement(motion.verdict, motion.reason, self.embodiment.joint_names, num_frames, rate,
+        return PlanJudgement(motion.verdict, self._reason(motion), self.embodiment.joint_names, num_frames, rate,
                              motion.time_scale, motion, timings)
+
+    def _reason(self, motion: MotionResult) -> str:
+        """The gate's reason, plus the capping of a calibrated tolerance at a joint that rejected the plan.
+
+        Whoever reads the report of a START_OFFSET rejection may hold the IDM's calibration, which
+        allowed more; the reason says why it did not count.
+        """
+        if motion.verdict is not Verdict.START_OFFSET:
+            return motion.reason
+        capped = [str(cap) for cap in self.capped_start_offsets if cap.joint in motion.offending_joints]
+        if not capped:
+            return motion.reason
+        return f"{motion.reason}; calibration.json: {', '.join(capped)} (calibration only tightens the gate)"
 
     def rejected(
         self, verdict: Verdict, reason: str, num_frames: int, fps: float, timings: Mapping[str, float] | None = None

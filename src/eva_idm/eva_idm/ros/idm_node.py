@@ -78,7 +78,12 @@ class IDMNode(LifecycleNode):
         self.get_logger().info(
             f"configured: IDM {gate.model_id} on {config.device} for embodiment {gate.embodiment.name}; "
             f"min_reward {thresholds.min_reward:g}, time_scale {thresholds.time_scale:g}, max_start_offset "
-            f"{list(thresholds.max_start_offset)} (from the {gate.max_start_offset_source})")
+            f"{list(thresholds.max_start_offset)} ({gate.max_start_offset_origin()})")
+        if gate.capped_start_offsets:
+            self.get_logger().warning(
+                f"the IDM's calibration.json allows more start offset than embodiment {gate.embodiment.name} at "
+                f"{[cap.joint for cap in gate.capped_start_offsets]}, capped there: the IDM errs more than the gate "
+                "tolerates, expect START_OFFSET rejections")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
