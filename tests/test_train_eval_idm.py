@@ -63,19 +63,27 @@ def test_resume_without_saved_state_is_a_clear_error(episodes, tmp_path, capsys)
     assert "resume: no saved state" in capsys.readouterr().err
 
 
-def test_evaluation_reports_accuracy_separation_and_writes_the_calibration(trained, episodes, tmp_path):
+def test_evaluation_reports_accuracy_separation_and_writes_the_calibration_only_when_asked(trained, episodes,
+                                                                                           tmp_path):
+    checkpoint = trained / "checkpoint"
+    evaluate = ["eval", "idm", "--checkpoint", str(checkpoint), "--data", str(episodes), "--split", "all"]
     out = tmp_path / "eval"
-    assert eva(["eval", "idm", "--checkpoint", str(trained / "checkpoint"), "--data", str(episodes),
-                "--output-dir", str(out), "--split", "all", "--plot-episodes", "1"]) == 0
+    assert eva([*evaluate, "--output-dir", str(out), "--plot-episodes", "1"]) == 0
     report = json.loads((out / "eval.json").read_text())
     assert report["episodes"] == 6
     assert len(report["accuracy"]["per_joint_mae"]) == 14 and report["accuracy"]["mae_arm_joints"] > 0
     assert 0.0 <= report["separation"]["auc"] <= 1.0
     assert set(report["separation"]["auc_per_artifact"]) == set(ARTIFACTS)
     assert report["median_reward_ground_truth_actions"] > 9.0  # synthetic ground truth is smooth
-    calibration = json.loads((trained / "checkpoint" / "calibration.json").read_text())
-    assert len(calibration["max_start_offset"]) == 14 and min(calibration["max_start_offset"]) >= 0.05
+    tolerance = report["calibration"]["max_start_offset"]
+    assert len(tolerance) == 14 and min(tolerance) >= 0.05
     assert len(list(out.glob("decode_*.png"))) == 1
+    assert not (checkpoint / "calibration.json").exists(), "evaluating alone must not change how the robot gates"
+
+    calibrated = tmp_path / "calibrated"
+    assert eva([*evaluate, "--output-dir", str(calibrated), "--plot-episodes", "0", "--calibrate", "true"]) == 0
+    calibration = json.loads((checkpoint / "calibration.json").read_text())
+    assert calibration == json.loads((calibrated / "eval.json").read_text())["calibration"]
 
 
 @pytest.mark.parametrize("name", sorted(ARTIFACTS))

@@ -9,7 +9,10 @@ Three questions, answered on held-out episodes:
    higher than damaged" says whether EVA's reward, computed through this IDM, can rank rollouts.
 3. **What start offset is IDM error?** The gate removes a decoded-first-pose offset up to a
    tolerance and rejects above it. The tolerance is calibrated here from the measured first-frame
-   error and written into the checkpoint as ``calibration.json``, which the gate reads.
+   error and reported; ``--calibrate true`` also writes it into the checkpoint as
+   ``calibration.json``, which the gate reads, capped at the embodiment's tolerance of each joint
+   (a calibration only tightens the gate). Writing into the checkpoint is asked for, not a side
+   effect of evaluating: an evaluation on other data must not silently change how a robot gates.
 
 Writes ``eval.json`` and one PNG per plotted episode (decode vs ground truth per arm, reward in
 the title, like EVA's Figure 2) to the output directory.
@@ -43,7 +46,8 @@ class IDMEvalConfig:
     plot_episodes: int = field(default=3, metadata={"help": "PNGs of decode vs ground truth"})
     calibration_quantile: float = field(default=0.99, metadata={"help": "quantile of first-frame error"})
     calibration_margin: float = field(default=1.5, metadata={"help": "tolerance = margin x quantile"})
-    calibrate: bool = field(default=True, metadata={"help": "write calibration.json into the checkpoint"})
+    calibrate: bool = field(default=False, metadata={"help": "write calibration.json into the checkpoint (the "
+                                                             "gate caps it at the embodiment's tolerances)"})
     batch_size: int = field(default=32, metadata={"help": "IDM decode batch size"})
 
     def __post_init__(self) -> None:
