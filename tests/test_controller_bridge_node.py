@@ -40,6 +40,8 @@ MOVE = np.array([0.4, 0.3, 0.2, -0.25, 0.15, 0.35, 0.3] * 2)
 START_DELAY_NS = 20_000_000
 FAST = ["start_delay:=0.02", "standstill_window:=0.05", "settle_time:=0.0", "monitor_rate:=100.0",
         "status_rate:=20.0", "max_joint_state_age:=1.0", "tracking_tolerance:=0.3", "diagnostics_period:=0.5"]
+SHIPPED = yaml.safe_load(CONFIG_FILE.read_text())["controller_bridge"]["ros__parameters"]
+START_DELAY, MAX_POINTS = SHIPPED["start_delay"], SHIPPED["max_points"]
 ACCEPTED, REJECTED, EXECUTING, SUCCEEDED, ABORTED = 1, 2, 3, 4, 5
 MALFORMED, LIMIT, MOVED, OLD_IMAGE, ESTOP, STALE, IMPLAUSIBLE = 1, 2, 3, 4, 5, 6, 7
 TRACKING, BUSY, START_OFFSET, CANCELLED = 9, 10, 11, 12
@@ -304,6 +306,75 @@ def test_a_good_plan_moves_both_arms_together_and_succeeds(bridge):
     assert len(robot.received) == 2 and process.poll() is None
     robot.peer.spin_until(lambda: any(s.name == "controller_bridge: execution" for array in robot.diagnostics
                                       for s in array.status), 10, "the bridge's diagnostics")
+
+
+def test_a_serialised_trajectory_is_stamped_in_place_without_changing_anything_else():
+    from rclpy.serialization import deserialize_message
+    from trajectory_msgs.msg import JointTrajectory
+
+    from eva_idm.bridge_checks import ControllerCommand
+    from eva_idm.ros.bridge_messages import serialised_trajectory, stamp_serialised, trajectory_message
+
+    rng = np.random.default_rng(3)
+    command = ControllerCommand("left_arm_controller", tuple(ARMS["left_arm_controller"]), np.array([0.0, 0.5, 1.25]),
+                                rng.normal(size=(3, 7)), rng.normal(size=(3, 7)), rng.normal(size=(3, 7)))
+    serialised = serialised_trajectory(command)
+    stamp_serialised(serialised, 1_700_000_123 * NS + 987_654_321)
+    expected = trajectory_message(command)
+    expected.header.stamp.sec, expected.header.stamp.nanosec = 1_700_000_123, 987_654_321
+    assert deserialize_message(bytes(serialised), JointTrajectory) == expected
+
+
+def test_both_arms_receive_the_largest_plan_together_with_one_stamp(bridge, ros_domain):
+    """max_points (10,000) points, built and serialised before they are stamped: both arms' commands arrive together.
+
+    Arrival is when a listener of its own (its own context and thread, like a controller's process)
+    takes the serialised message from DDS; deserialising 1.5 MB takes rclpy ~0.1 s more, a C++
+    controller far less. The node clock here is the system clock (no sim time).
+    """
+    import threading
+
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from trajectory_msgs.msg import JointTrajectory
+
+    process, robot, _ = bridge("max_joint_state_age:=10.0")
+    # The controllers' side: its own context and thread, so that nothing in this process delays a take.
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=ros_domain)
+    listener = rclpy.create_node("controllers", context=context)
+    arrivals: list[tuple[int, bytes]] = []
+    for controller in ARMS:
+        listener.create_subscription(JointTrajectory, f"{controller}/joint_trajectory",
+                                     lambda raw: arrivals.append((time.time_ns(), raw)), qos(10), raw=True)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(listener)
+    spinning = threading.Thread(target=executor.spin, daemon=True)
+    spinning.start()
+    robot.peer.spin_until(lambda: all(listener.count_publishers(f"{name}/joint_trajectory") for name in ARMS), 30,
+                          "the listener to discover the bridge")
+    robot.spin_for(0.5)
+    times = np.linspace(0.0, MAX_POINTS / 100.0, MAX_POINTS)
+    phase = np.pi * times / times[-1]
+    positions = HOME + 0.5 * MOVE * (0.5 - 0.5 * np.cos(phase))[:, None]
+    velocities = 0.5 * MOVE * (0.5 * np.pi / times[-1] * np.sin(phase))[:, None]
+    velocities[-1] = 0.0
+    robot.send("largest", Trajectory(tuple(NAMES), times, positions, velocities))
+    robot.await_state("largest", EXECUTING, timeout=120)
+    robot.peer.spin_until(lambda: len(arrivals) == 2, 60, "both arms' commands")
+    executor.shutdown()
+    listener.destroy_node()
+    context.try_shutdown()
+    stamps = {int.from_bytes(raw[4:8], "little") * NS + int.from_bytes(raw[8:12], "little") for _, raw in arrivals}
+    assert len(stamps) == 1
+    margins = [(next(iter(stamps)) - arrived) / NS for arrived, _ in arrivals]
+    print(f"{MAX_POINTS}-point plan: start stamp minus arrival {min(margins) * 1000:.0f} ms "
+          f"(start_delay {START_DELAY:g} s)")
+    apart = abs(arrivals[1][0] - arrivals[0][0]) / NS
+    assert apart < 0.05, f"the arms' commands arrived {apart:.3f} s apart"  # was 100-300 ms, serialised in turn
+    robot.await_commands(2, timeout=60)
+    assert all(len(message.points) == MAX_POINTS for _, _, message in robot.received)
+    assert process.poll() is None
 
 
 def point(message, rng: np.random.Generator, first: int = 0):

@@ -36,7 +36,8 @@ class BridgeConfig:
                                     "file name looked up in the config directories")
     controller_layout: str = setting("split", "split (left_arm_controller + right_arm_controller) or combined "
                                      "(bimanual_controller)")
-    start_delay: float = setting(0.2, "the commands' common start stamp lies this far after sending [s]")
+    start_delay: float = setting(0.5, "the commands' common start stamp lies this far after sending; covers "
+                                 "delivering the largest plan (max_points) [s]")
     stop_lead: float = setting(0.05, "a stop's start stamp lies this far after sending; it starts from the state "
                                "commanded then [s]")
     stop_hold: float = setting(1.0, "a stop holds its final pose this long after braking, so that it still lies "

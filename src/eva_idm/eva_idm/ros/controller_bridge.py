@@ -33,7 +33,6 @@ import signal
 from collections.abc import Callable, Sequence
 
 import rclpy
-from builtin_interfaces.msg import Duration, Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
@@ -45,11 +44,12 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
-from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+from trajectory_msgs.msg import JointTrajectory
 
 from eva_idm.bridge import ControllerBridge, Status
-from eva_idm.bridge_checks import NS_PER_S, Code, ControllerCommand, JointStateInput, PlanChecker, PlanInput, PointInput
+from eva_idm.bridge_checks import Code, ControllerCommand, PlanChecker
 from eva_idm.bridge_config import YAML_HINT, BridgeConfig, load_bridge_setup
+from eva_idm.ros.bridge_messages import joint_state_input, plan_input, serialised_trajectory, stamp_serialised
 from eva_idm.ros.executor import PatientMultiThreadedExecutor
 from eva_idm.ros.parameters import declare_parameters, read_config
 from eva_msgs.msg import ExecutionStatus, GatedPlan
@@ -152,18 +152,17 @@ class ControllerBridgeNode(LifecycleNode):
             for publisher in self._commands.values():
                 publisher.wait_for_all_acked(RclpyDuration(seconds=FLUSH_S))
 
-    def prepare(self, commands: Sequence[ControllerCommand]) -> list[tuple[object, JointTrajectory, bool]]:
-        """Build one unstamped trajectory message per controller (the bridge's output, step one)."""
-        return [(self._commands[command.controller], trajectory_message(command), command.is_stop)
+    def prepare(self, commands: Sequence[ControllerCommand]) -> list[tuple[object, bytearray, bool]]:
+        """Build and serialise one unstamped trajectory per controller (the bridge's output, step one)."""
+        return [(self._commands[command.controller], serialised_trajectory(command), command.is_stop)
                 for command in commands]
 
-    def publish(self, prepared: list[tuple[object, JointTrajectory, bool]], stamp_ns: int) -> None:
-        """Stamp the prepared messages alike and publish them in order (the bridge's output, step two)."""
-        seconds, nanoseconds_part = divmod(stamp_ns, NS_PER_S)
-        for _, message, _ in prepared:
-            message.header.stamp.sec, message.header.stamp.nanosec = seconds, nanoseconds_part
-        for publisher, message, _ in prepared:
-            publisher.publish(message)
+    def publish(self, prepared: list[tuple[object, bytearray, bool]], stamp_ns: int) -> None:
+        """Stamp the serialised messages alike and publish them in order (the bridge's output, step two)."""
+        for _, serialised, _ in prepared:
+            stamp_serialised(serialised, stamp_ns)
+        for publisher, serialised, _ in prepared:
+            publisher.publish(bytes(serialised))
         if prepared and prepared[0][2]:
             self.get_logger().warning(f"sent a stop to {', '.join(self._commands)}")
 
@@ -221,39 +220,6 @@ class ControllerBridgeNode(LifecycleNode):
         message = DiagnosticArray(status=[status])
         message.header.stamp = self.get_clock().now().to_msg()
         self._diagnostics.publish(message)
-
-
-def nanoseconds(stamp: Time | Duration) -> int:
-    """A ``Time`` or ``Duration`` message as integer nanoseconds."""
-    return stamp.sec * NS_PER_S + stamp.nanosec
-
-
-def joint_state_input(message: JointState) -> JointStateInput:
-    """A ``JointState`` as the bridge's plain input."""
-    return JointStateInput(list(message.name), message.position, message.velocity, nanoseconds(message.header.stamp))
-
-
-def plan_input(message: GatedPlan) -> PlanInput:
-    """A ``GatedPlan`` as the bridge's plain input (checked by the bridge, not here)."""
-    trajectory = message.trajectory
-    points = [PointInput(point.positions, point.velocities, point.accelerations, point.effort,
-                         nanoseconds(point.time_from_start)) for point in trajectory.points]
-    return PlanInput(message.plan_id, nanoseconds(message.header.stamp),
-                     joint_state_input(message.joint_state_at_image), bool(message.report.executable),
-                     list(trajectory.joint_names), nanoseconds(trajectory.header.stamp), points)
-
-
-def trajectory_message(command: ControllerCommand) -> JointTrajectory:
-    """A ``ControllerCommand`` as the ``JointTrajectory`` its controller takes, stamp still zero."""
-    message = JointTrajectory(joint_names=list(command.joint_names))
-    for index, time_s in enumerate(command.times):
-        point = JointTrajectoryPoint(positions=command.positions[index].tolist(),
-                                     velocities=command.velocities[index].tolist())
-        if command.accelerations is not None:
-            point.accelerations = command.accelerations[index].tolist()
-        point.time_from_start.sec, point.time_from_start.nanosec = divmod(round(time_s * NS_PER_S), NS_PER_S)
-        message.points.append(point)
-    return message
 
 
 def _interrupt(signum: int, frame: object) -> None:
