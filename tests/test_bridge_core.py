@@ -260,7 +260,7 @@ BAD_PLANS = [
     ("stamped trajectory", lambda p: dataclasses.replace(p, trajectory_stamp_ns=T0), Code.MALFORMED_TRAJECTORY,
      "trajectory.header.stamp: must be zero"),
     ("one point", lambda p: dataclasses.replace(p, points=p.points[:1]), Code.MALFORMED_TRAJECTORY,
-     "expected 2 to max_points 10000 points .*got 1"),
+     "expected 2 to max_points 2000 points .*got 1"),
     ("late point 0", point_change(0, time_from_start_ns=5 * MS), Code.MALFORMED_TRAJECTORY,
      "points\\[0\\].time_from_start: must be 0"),
     ("repeated time", point_change(3, time_from_start_ns=125 * MS), Code.MALFORMED_TRAJECTORY,

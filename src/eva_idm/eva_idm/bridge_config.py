@@ -64,7 +64,8 @@ class BridgeConfig:
     gripper_in_metres: bool = setting(False, "command grippers in metres of finger travel instead of 0..1 "
                                       "(joint_states stay normalised, as the topic contract says)")
     max_duration: float = setting(120.0, "longest trajectory accepted [s]")
-    max_points: int = setting(10000, "most trajectory points accepted [points]")
+    max_points: int = setting(2000, "most trajectory points accepted; bounds a command's size (2,000 points: "
+                              "300 kB per arm) so that it reaches the controllers within start_delay [points]")
     monitor_rate: float = setting(50.0, "rate of the standstill, tracking, freshness and goal checks [Hz]")
     status_rate: float = setting(5.0, "rate of EXECUTING progress updates on eva/execution_status [Hz]")
     diagnostics_period: float = setting(1.0, "period of the /diagnostics status [s]")
