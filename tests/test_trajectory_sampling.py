@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy.interpolate import CubicSpline
 
-from eva_idm.trajectory import StartState, Trajectory, motion_profile, sample, sample_uniform, tick_times
+from eva_idm.trajectory import StartState, Trajectory, motion_bounds, sample, sample_uniform, tick_times
 
 PROPERTY = settings(max_examples=200, deadline=None, derandomize=True)
 NAMES = ("a", "b")
@@ -52,10 +52,12 @@ def test_cubic_and_quintic_reproduce_a_polynomial_of_their_degree(coefficients: 
     derivatives = sample(trajectory, times)
     for order, values in enumerate(derivatives):
         np.testing.assert_allclose(values[:, 0], polynomial(coefficients, times, order), atol=1e-9)
-    # Jerk is the analytic third derivative (the last tick, entering the hold, is a step).
+    # The bounds' jerk is the analytic third derivative's largest magnitude, exactly (a polynomial of
+    # degree <= 2: at an end or at the vertex).
     arrival = StartState(*(np.full(2, polynomial(coefficients, 0.0, order)) for order in range(3)))
-    jerks = motion_profile(trajectory, 100.0, arrival).jerks[:-1, 0]
-    assert np.abs(jerks).max() == pytest.approx(np.abs(polynomial(coefficients, times, 3)).max(), rel=0.02)
+    jerks = motion_bounds(trajectory, 100.0, arrival).jerks.values[:, 0]
+    fine = np.linspace(0.0, TIMES[-1], 100_001)
+    assert np.abs(jerks).max() == pytest.approx(np.abs(polynomial(coefficients, fine, 3)).max(), rel=1e-9)
 
 
 @pytest.mark.parametrize("matched", [0, 1, 2])
@@ -110,20 +112,10 @@ def test_a_point_0_at_time_0_is_commanded_at_once():
     trajectory = Trajectory(NAMES, [0.0, 1.0], [[1.0, 1.0], [2.0, 2.0]])
     positions, _, _ = sample(trajectory, 0.0, start_state=[0.0, 0.0])
     np.testing.assert_array_equal(positions, [1.0, 1.0])
-    # The controller executes that step within one tick: the profile charges it as velocity.
-    profile = motion_profile(trajectory, 100.0, start_state=[0.0, 0.0])
-    np.testing.assert_allclose(profile.velocities[0], [100.0, 100.0])
-
-
-def test_motion_profile_charges_steps_at_knots():
-    # Linear: the velocity step at t = 1 (1 -> -1 rad/s) executes within one 10 ms tick.
-    linear = Trajectory(NAMES, [0.0, 1.0, 2.0], [[0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
-    assert np.abs(motion_profile(linear, 100.0).accelerations).max() == pytest.approx(200.0)
-    # Cubic with inconsistent velocities: the acceleration step at t = 1 shows up as jerk.
-    cubic = Trajectory(NAMES, [0.0, 1.0, 2.0], np.zeros((3, 2)), [[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
-    profile = motion_profile(cubic, 100.0)
-    analytic_jerk = 6.0 * 2.0  # |6 c3| of either segment; the step of acceleration is 2 * 4 rad/s^2
-    assert np.abs(profile.jerks).max() > 10 * analytic_jerk
+    # The controller executes that step within one tick: charged as velocity (1 rad over 10 ms, plus
+    # the segment's own 1 rad/s within that tick).
+    stepped = motion_bounds(trajectory, 100.0, start_state=[0.0, 0.0]).stepped_velocities.values
+    np.testing.assert_allclose(stepped[0], [101.0, 101.0])
 
 
 def test_sample_uniform_ticks_cover_the_trajectory():

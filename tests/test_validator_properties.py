@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from eva_idm.bridge_checks import NS_PER_S, Code, JointStateInput, PlanChecker, PlanInput, PlanVerdict, PointInput
 from eva_idm.bridge_config import BridgeConfig, load_bridge_setup
-from eva_idm.trajectory import StartState, sample_uniform
+from eva_idm.motion import POSITION_ROUNDING
+from eva_idm.trajectory import StartState, Trajectory, sample, sample_uniform
 
 CONFIG = BridgeConfig()
 EMBODIMENT, CONTROLLERS = load_bridge_setup(CONFIG)
@@ -203,15 +204,15 @@ def test_a_cubic_overshooting_the_limits_between_legal_waypoints_is_refused(seed
     """Three equal waypoints inside the limits, at rest but the middle one, whose legal velocity overshoots.
 
     Between two equal positions, a cubic leaving with velocity ``v`` peaks ``4/27 v h`` beyond them;
-    ``v`` is drawn so that the peak clears the tolerance band while the waypoints' velocities stay
-    legal and the segments' accelerations (up to 4 v / h) within the limit. (The acceleration steps
-    at the middle waypoint, so the jerk check objects too; the position breach must be reported.)
+    ``v`` is drawn so that the peak clears the stop (the tolerance band is no allowance for commands)
+    while the waypoints' velocities stay legal and the segments' accelerations (up to 4 v / h) within
+    the limit. (The acceleration steps at the middle waypoint, so the jerk check objects too; the
+    position breach must be reported.)
     """
     case = good_case(seed)
     accepted(case)
     limit_scale = 0.5 if GRIPPERS[joint] else 1.0  # normalised grippers have a shorter range
-    band = EMBODIMENT.position_tolerance[joint]
-    needed = (inside * limit_scale + band + 0.01) / (4 / 27 * segment)
+    needed = (inside * limit_scale + 0.005) / (4 / 27 * segment)
     fastest = 0.95 * min(EMBODIMENT.velocity_limit[joint], EMBODIMENT.acceleration_limit[joint] * segment / 4)
     velocity = needed + speed * (fastest - needed)
     edge = (UPPER[joint] - inside * limit_scale) if upper else (LOWER[joint] + inside * limit_scale)
@@ -223,7 +224,7 @@ def test_a_cubic_overshooting_the_limits_between_legal_waypoints_is_refused(seed
     case.velocities = np.zeros((3, len(NAMES)))
     accepted(case)  # at rest at the edge of the range: fine
     case.velocities[1, joint] = velocity if upper else -velocity
-    bound = BAND_UPPER[joint] if upper else BAND_LOWER[joint]
+    bound = UPPER[joint] if upper else LOWER[joint]
     refused(case, Code.LIMIT_VIOLATION, f"interpolate at 100 Hz .*: {NAMES[joint]} position [-0-9.e]+ "
                                         f"\\(limit {re.escape(f'{bound:.4g}')}\\)")
 
@@ -308,16 +309,77 @@ def test_stale_or_implausible_joint_states_and_old_images_are_refused(seed, join
         refused(case, Code.MALFORMED_TRAJECTORY, f"joint_state_at_image: joints missing: '{name}'")
 
 
+@given(seed=SEEDS, joint=JOINTS, upper=st.booleans(), depth=st.floats(0.05, 0.99), segment=st.floats(0.5, 1.5))
+@cases(500)
+def test_a_dip_past_a_stop_within_the_band_is_refused(seed, joint, upper, depth, segment):
+    """The band judges measured states, never commands: motion past a stop, even within the band, is refused.
+
+    The robot rests on the stop; three waypoints on it, the middle one moving outward at ``v``, make
+    the cubic dip ``4/27 v h`` = ``depth`` of the band past the stop between them (slowly: waypoint
+    velocities and accelerations far within the limits).
+    """
+    case = good_case(seed)
+    accepted(case)
+    stop, outward = (UPPER[joint], 1.0) if upper else (LOWER[joint], -1.0)
+    pose = case.measured
+    pose[joint] = stop
+    case.at_image = pose.copy()
+    case.times_ns = [0, round(segment * NS_PER_S), round(2 * segment * NS_PER_S)]
+    case.positions = np.repeat(pose[None], 3, axis=0)
+    case.velocities = np.zeros((3, len(NAMES)))
+    accepted(case)  # at rest on the stop: fine
+    case.velocities[1, joint] = outward * depth * EMBODIMENT.position_tolerance[joint] / (4 / 27 * segment)
+    refused(case, Code.LIMIT_VIOLATION, f"interpolate at 100 Hz .*: {NAMES[joint]} position [-0-9.e]+ "
+                                        f"\\(limit {re.escape(f'{stop:.4g}')}\\)")
+
+
+@given(seed=SEEDS, joint=JOINTS, speed=st.floats(2.0, 200.0), phase=st.floats(0.05, 0.45),
+       width=st.floats(1e-4, 4e-3), with_accelerations=st.booleans())
+@cases(500)
+def test_motion_between_the_controller_ticks_is_checked(seed, joint, speed, phase, width, with_accelerations):
+    """A plan at rest on every 100 Hz tick from t = 0 that moves in between them is refused.
+
+    Four waypoints between two ticks (``phase`` of a period after one) form a trapezoid of up to
+    ``width`` seconds, at rest at every tick; its slopes run at ``speed`` times the velocity limit on
+    average. Sampled on the grid from t = 0 it never moves (a real controller ticks at any offset);
+    bounded exactly it is far too fast.
+    """
+    case = good_case(seed, with_accelerations)
+    accepted(case)
+    period = 1.0 / RATE
+    pose = case.measured
+    case.at_image = pose.copy()
+    rise = min(width / 3, (1.0 - phase) * period / 4)
+    tick = 5 * period
+    times = [0.0, tick, tick + phase * period, tick + phase * period + rise, tick + phase * period + 2 * rise,
+             tick + phase * period + 3 * rise, tick + period, tick + 2 * period]
+    case.times_ns = [round(t * NS_PER_S) for t in times]
+    case.positions = np.repeat(pose[None], len(times), axis=0)
+    case.velocities = np.zeros((len(times), len(NAMES)))
+    case.accelerations = np.zeros((len(times), len(NAMES))) if with_accelerations else None
+    height = min(speed * EMBODIMENT.velocity_limit[joint] * rise, 0.45 * (UPPER[joint] - LOWER[joint]))
+    towards_the_farther_stop = 1.0 if UPPER[joint] - pose[joint] >= pose[joint] - LOWER[joint] else -1.0
+    case.positions[[3, 4], joint] += towards_the_farther_stop * height
+    plan = Trajectory(NAMES, np.array(case.times_ns) / NS_PER_S, case.positions, case.velocities, case.accelerations)
+    _, on_the_grid, _, _ = sample_uniform(plan, RATE, StartState.at_rest(pose))
+    assert np.abs(on_the_grid - pose).max() < 1e-9
+    refused(case, Code.LIMIT_VIOLATION, f"{NAMES[joint]} velocity")
+
+
 def assert_safe(verdict: PlanVerdict, measured: np.ndarray) -> None:
     """Independently of the validator: the commanded motion starts at the pose and keeps every limit.
 
-    Finite differences of the positions the controller commands at its ticks, with the robot at rest
-    before t = 0, are means of the true derivatives, so they may not exceed the limits either.
+    Positions are sampled densely (between the controller's ticks too) against the real limits, no
+    band. Finite differences of the positions the controller commands at its ticks, with the robot
+    at rest before t = 0, are means of the true derivatives, so they may not exceed the limits either.
     """
     trajectory = verdict.trajectory
     np.testing.assert_array_equal(trajectory.positions[0], measured)
+    dense = np.concatenate([np.linspace(0.0, trajectory.duration, 20_000),
+                            np.random.default_rng(0).uniform(0.0, trajectory.duration, 2_000)])
+    commanded = sample(trajectory, dense, StartState.at_rest(measured))[0]
+    assert ((commanded >= LOWER - POSITION_ROUNDING) & (commanded <= UPPER + POSITION_ROUNDING)).all()
     _, positions, _, _ = sample_uniform(trajectory, RATE, StartState.at_rest(measured))
-    assert ((positions >= BAND_LOWER) & (positions <= BAND_UPPER)).all()
     commanded = np.concatenate([np.repeat(measured[None], 3, axis=0), positions])
     for order, limit in ((1, "velocity_limit"), (2, "acceleration_limit"), (3, "jerk_limit")):
         derivative = np.diff(commanded, n=order, axis=0) * RATE**order

@@ -6,23 +6,32 @@ DESIGN.md section 3, "From decoded frames to commanded motion", steps 2-4, as on
 1. **Hard verdicts on the raw decode**: shape, frame count, finite values, position limits with
    the tolerance band (grippers: their 0..1 range with their band), and EVA's reward on the raw
    decode (what the reward means) against ``min_reward``. Values inside the band but beyond a
-   stop are then clamped to the stop: that is IDM noise at a pose on the stop.
+   stop are then clamped to the stop: that is IDM noise at a pose on the stop. The band judges
+   raw decodes and measured states only: a measured pose beyond it is refused, one within it is
+   taken to be on the stop. Every commanded position lies within the real limits.
 2. **Start offset** (decoded first pose minus measured pose) is IDM error, not motion: reported
    per joint, rejected above ``max_start_offset``, otherwise subtracted with a weight that falls
    from 1 to 0 over ``start_offset_fade_s`` of plan time (longer once retimed slower) along a
    quintic smoothstep (zero slope and curvature at both ends, so the correction adds no velocity or
-   acceleration step).
+   acceleration step). The motion starts at the measured pose clamped to the limits (the
+   controller bridge does the same); within the band that difference is the measurement's, not
+   motion.
 3. **Rest-to-rest smoothing spline**: a cubic B-spline with a knot at every frame, starting exactly
-   at the measured pose with zero velocity and acceleration and ending at rest, fitted by
-   least squares with a jerk penalty (:func:`rest_to_rest_spline`). Its deviation from the
-   offset-corrected decode is bounded by ``max_smoothing_deviation`` and reported.
+   at that start pose with zero velocity and acceleration and ending at rest, fitted by least
+   squares with a jerk penalty (:func:`rest_to_rest_spline`) to the offset-corrected decode clamped
+   to the limits (the fade of a start offset can push a frame beyond a stop), with its
+   coefficients held within the limits: a B-spline is a convex combination of its coefficients, so
+   the spline, and the motion that reproduces it, cannot cross a stop between frames either (a
+   smoothing undershoot at a stop is pulled back by the fit, not clipped after it). Its deviation
+   from the clamped offset-corrected decode is bounded by ``max_smoothing_deviation`` and reported.
 4. **Uniform retiming**: the spline's value, velocity and acceleration at every frame become the
    trajectory's points, played ``1 / time_scale`` times slower than planned. Starting from the
    configured ``time_scale``, the retimer checks velocity, acceleration and jerk on the motion the
-   controller executes (:func:`eva_idm.trajectory.motion_profile` of the emitted points at
-   ``controller_rate_hz``, never 16 Hz finite differences) and slows down by the factor the worst
-   violation asks for, until the limits hold or ``min_time_scale`` is reached.
-5. **Final check** of positions (and everything else) on those executed samples, with
+   controller executes (:func:`eva_idm.trajectory.motion_bounds` of the emitted points: exact over
+   every segment, steps charged over one tick at ``controller_rate_hz``; never 16 Hz finite
+   differences) and slows down by the factor the worst violation asks for, until the limits hold or
+   ``min_time_scale`` is reached.
+5. **Final check** of positions (and everything else) on that executed motion, with
    :func:`validate_trajectory`, the validator the controller bridge reuses.
 
 Why a cubic spline with points at its knots: a cubic Hermite segment is fixed by position and
@@ -44,16 +53,21 @@ from enum import IntEnum
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy.interpolate import BSpline
+from scipy.optimize import lsq_linear
 
 from eva_idm.embodiment import Embodiment, GateDefaults
 from eva_idm.reward import MIN_FRAMES, RewardBreakdown, RewardConfig, eva_reward, non_finite_reason
-from eva_idm.trajectory import StartState, Trajectory, motion_profile
+from eva_idm.trajectory import Extremes, MotionBounds, StartState, Trajectory, motion_bounds
 
 DYNAMIC_KINDS = ("velocity", "acceleration", "jerk")
 _DERIVATIVE_ORDER = {"velocity": 1, "acceleration": 2, "jerk": 3}
 _LIMIT_FIELD = {"velocity": "velocity_limit", "acceleration": "acceleration_limit", "jerk": "jerk_limit"}
 # MoveIt's default allowed_start_tolerance, rad: how far point 0 may be from the measured pose.
 DEFAULT_START_TOLERANCE = 0.01
+# How far past a position bound a commanded position may lie before it counts as beyond it: the
+# rounding of evaluating the interpolation (about 1e-16 rad), with room to spare, and six orders
+# of magnitude below any encoder's resolution. Not a tolerance band.
+POSITION_ROUNDING = 1e-9
 # Retiming aims this far below the limits, so that sampling the slower motion at a new phase does
 # not land a hair above a limit and cost another iteration.
 RETIME_MARGIN = 0.98
@@ -149,16 +163,20 @@ class GateConfig(GateDefaults):
 
 @dataclass(frozen=True)
 class Violation:
-    """A limit the executed motion breaks at one joint: its worst sample and how many samples break it.
+    """A limit the executed motion breaks at one joint: its worst instant and how many pieces break it.
 
     Attributes:
         joint: joint name.
         kind: ``position``, ``velocity``, ``acceleration``, ``jerk``, ``start`` (point 0 too far from
-            the measured pose) or ``end_velocity`` (the last point is not at rest).
+            the measured pose), ``end_velocity`` (the last point is not at rest) or ``unbounded``
+            (a segment's polynomial is not finite in floating point; ``value`` and ``limit`` NaN).
         value: the worst value (signed; for ``start`` the difference point 0 minus measured pose).
         limit: the bound it crosses (the lower or upper position bound, else the magnitude limit).
-        time: seconds from the trajectory's start of the worst sample.
-        count: samples (controller ticks) beyond the limit.
+        time: seconds from the trajectory's start of the worst instant (for ``unbounded``, of the
+            first such segment's start).
+        count: pieces of the motion beyond the limit: segments (exact extremes), plus, for
+            velocity, acceleration and jerk, knots whose steps, charged over one controller tick,
+            take it beyond.
     """
 
     joint: str
@@ -169,10 +187,15 @@ class Violation:
     count: int = 1
 
     def __str__(self) -> str:
-        samples = "sample" if self.count == 1 else "samples"
+        pieces = "piece" if self.count == 1 else "pieces"
+        if self.kind == "unbounded":
+            return (
+                f"{self.joint} unbounded: the interpolated motion overflows floating point (absurd values) from "
+                f"t={self.time:.3f} s, {self.count} segment{'' if self.count == 1 else 's'}; it cannot be bounded"
+            )
         return (
             f"{self.joint} {self.kind} {self.value:.4g} (limit {self.limit:.4g}) "
-            f"at t={self.time:.3f} s, {self.count} {samples}"
+            f"at t={self.time:.3f} s, {self.count} {pieces}"
         )
 
 
@@ -190,14 +213,15 @@ class MotionResult:
             until computed.
         time_scale: retiming factor of the last trajectory built (the configured one before retiming).
         position_violations: raw-decode samples (frame x joint) outside the position limits, or
-            executed samples outside them when only the executed motion leaves them.
-        velocity_violations, acceleration_violations, jerk_violations: executed samples beyond the
+            executed pieces (:attr:`Violation.count`) outside them when only the executed motion
+            leaves them.
+        velocity_violations, acceleration_violations, jerk_violations: executed pieces beyond the
             limits at ``time_scale`` (zero when accepted).
         offending_joints: joints that broke any check, in joint order.
-        violations: per joint and kind, the worst executed sample behind a DYNAMIC_LIMITS or final
+        violations: per joint and kind, the worst executed instant behind a DYNAMIC_LIMITS or final
             position rejection.
-        trajectory: the executable rest-to-rest trajectory (times from 0, point 0 = measured pose);
-            None unless accepted.
+        trajectory: the executable rest-to-rest trajectory (times from 0, point 0 = the measured pose
+            clamped to the position limits); None unless accepted.
     """
 
     verdict: Verdict
@@ -257,11 +281,20 @@ def validate_trajectory(
 ) -> list[Violation]:
     """Every limit the motion a JTC ticking at ``rate_hz`` executes from ``trajectory`` breaks.
 
-    The motion is :func:`eva_idm.trajectory.motion_profile`: positions, velocities, accelerations
-    and jerks at every tick, analytic within segments, with steps charged over one tick. Checked:
-    positions within the limits plus tolerance band, velocity, acceleration and jerk magnitudes,
-    point 0 within ``start_tolerance`` of ``start_positions`` (when given; the robot is taken to be
-    at rest there, and interpolated from when ``times[0] > 0``), and zero velocity at the last point.
+    The motion is bounded exactly, not sampled (:func:`eva_idm.trajectory.motion_bounds`): the
+    extremes of position, velocity, acceleration and jerk over every segment, whatever the phase of
+    the controller's ticks, with steps charged over one tick. Checked: every commanded position
+    within the real position limits (no tolerance band: that judges raw decodes and measured states;
+    :data:`POSITION_ROUNDING` absorbs only floating-point rounding), velocity, acceleration and jerk
+    magnitudes, point 0 within ``start_tolerance`` of ``start_positions`` (when given; the robot is
+    taken to be at rest there, and interpolated from when ``times[0] > 0``), zero velocity at the
+    last point, and that every segment can be bounded at all (finite polynomial coefficients).
+
+    ``start_positions`` may lie beyond a stop within the band: that is a measurement. With
+    ``times[0] > 0`` JTC blends from there to point 0; that blend may command positions between
+    the measured pose and the stop, never further beyond it than the robot already is (nor beyond
+    the band). Point 0 and everything after it must lie within the limits. With ``times[0] == 0``
+    there is no blend: point 0 is commanded at once, and the step is charged as velocity.
 
     Args:
         trajectory: any subset of the embodiment's joints, e.g. one arm's slice.
@@ -276,16 +309,21 @@ def validate_trajectory(
     Raises:
         ValueError: a joint the embodiment does not know, or bad ``start_positions``/``start_tolerance``.
     """
-    columns = _embodiment_columns(trajectory.joint_names, embodiment)
+    names = trajectory.joint_names
+    columns = _embodiment_columns(names, embodiment)
     start = None
     if start_positions is not None:
         start = StartState.at_rest(_per_joint("start_positions", start_positions, trajectory.num_joints))
-    profile = motion_profile(trajectory, rate_hz, start)
-    lower, upper = (bound[columns] for bound in embodiment.position_bounds())
-    violations = _position_violations(trajectory.joint_names, profile.times, profile.positions, lower, upper)
-    for kind, values in zip(DYNAMIC_KINDS, (profile.velocities, profile.accelerations, profile.jerks), strict=True):
+    bounds = motion_bounds(trajectory, rate_hz, start)
+    violations = _unbounded_violations(names, bounds.segment_times, bounds.unbounded)
+    violations += _position_violations(trajectory, bounds, embodiment, columns, start)
+    for kind, segments, steps in (
+        ("velocity", bounds.velocities, bounds.stepped_velocities),
+        ("acceleration", bounds.accelerations, bounds.stepped_accelerations),
+        ("jerk", bounds.jerks, bounds.stepped_jerks),
+    ):
         limit = embodiment.per_joint(_LIMIT_FIELD[kind])[columns]
-        violations += _magnitude_violations(trajectory.joint_names, kind, profile.times, values, limit)
+        violations += _magnitude_violations(names, kind, segments, steps, limit)
     if start is not None:
         tolerance = _per_joint("start_tolerance", start_tolerance, trajectory.num_joints)
         if (tolerance <= 0.0).any():
@@ -296,7 +334,13 @@ def validate_trajectory(
     return violations
 
 
-def rest_to_rest_spline(positions: np.ndarray, fps: float, start: np.ndarray, cutoff_hz: float) -> BSpline:
+def rest_to_rest_spline(
+    positions: np.ndarray,
+    fps: float,
+    start: np.ndarray,
+    cutoff_hz: float,
+    bounds: tuple[np.ndarray, np.ndarray] | None = None,
+) -> BSpline:
     """Smoothing cubic spline through ``(T, D)`` frames, from ``start`` at rest to an end at rest.
 
     A clamped cubic B-spline with a knot at every frame time ``i / fps``. Its first three
@@ -307,11 +351,19 @@ def rest_to_rest_spline(positions: np.ndarray, fps: float, start: np.ndarray, cu
     ``1 / (1 + (lam / fps) w^6)``, so ``lam = fps / (2 pi cutoff_hz)^6`` halves amplitude at
     ``cutoff_hz``: slow arm motion passes, frame-to-frame IDM jitter does not.
 
+    With ``bounds``, the free coefficients of a joint whose unconstrained fit has one outside them
+    are refitted by bound-constrained least squares (BVLS) within them. A B-spline is a convex
+    combination of its coefficients, so the whole spline then stays within the bounds, between
+    frames too (given ``start`` within them), which clamping its values or waypoints afterwards
+    would not ensure. It is the best fit that cannot cross a stop; near a stop it may keep a little
+    further from it than a spline merely touching the stop would.
+
     Args:
         positions: ``(T, D)`` frames, ``T >= 4``, finite.
         fps: frame rate, Hz.
         start: ``(D,)`` position at t = 0.
         cutoff_hz: half-amplitude frequency of the smoothing, Hz.
+        bounds: ``(lower, upper)``, each ``(D,)``: where the spline must stay.
     """
     frames = len(positions)
     frame_times = np.arange(frames) / fps
@@ -332,6 +384,11 @@ def rest_to_rest_spline(positions: np.ndarray, fps: float, start: np.ndarray, cu
     design = np.vstack([basis @ free, weight * jerk_basis @ free])
     target = np.vstack([positions - basis @ fixed, -weight * jerk_basis @ fixed])
     unknowns = np.linalg.lstsq(design, target, rcond=None)[0]
+    if bounds is not None:
+        lower, upper = bounds
+        for joint in np.flatnonzero(((unknowns < lower) | (unknowns > upper)).any(axis=0)):
+            fit = lsq_linear(design, target[:, joint], bounds=(lower[joint], upper[joint]), method="bvls")
+            unknowns[:, joint] = np.clip(fit.x, lower[joint], upper[joint])
     return BSpline(knots, fixed + free @ unknowns, 3)
 
 
@@ -415,9 +472,13 @@ def _gate(
         )
     _reject_non_finite(plan, embodiment.joint_names)
     _reject_outside_position_limits(plan, embodiment, draft)
-    # Inside the band but beyond a stop is IDM noise at a pose on the stop (home sits on j2/j3's,
-    # an open gripper on its own): the stop is where the joint can go, so that is what is planned.
-    plan = np.clip(plan, *embodiment.position_bounds(with_tolerance=False))
+    _reject_measured_outside_position_limits(measured, embodiment, draft)
+    # Inside the band but beyond a stop is IDM (or encoder) noise at a pose on the stop (home sits on
+    # j2/j3's, an open gripper on its own): the stop is where the joint can go, so that is what is
+    # planned, and where the motion starts.
+    limits = embodiment.position_bounds(with_tolerance=False)
+    plan = np.clip(plan, *limits)
+    start = np.clip(measured, *limits)
     if draft.reward.reward < config.min_reward:
         raise _RejectedError(Verdict.LOW_REWARD, _low_reward_reason(draft.reward, config.min_reward))
     draft.start_offset = plan[0] - measured
@@ -429,18 +490,22 @@ def _gate(
         draft,
     )
     frame_times = np.arange(len(plan)) / fps
-    corrected = plan - offset_fade_weight(frame_times, config.start_offset_fade_s)[:, None] * draft.start_offset
-    spline = rest_to_rest_spline(corrected, fps, measured, config.smoothing_cutoff_hz)
+    fade = offset_fade_weight(frame_times, config.start_offset_fade_s)[:, None]
+    # Fading out an offset can push a frame beyond a stop (a plan starting above one, a robot on it):
+    # the target, and the spline, stay within the limits.
+    corrected = np.clip(plan - fade * (plan[0] - start), *limits)
+    spline = rest_to_rest_spline(corrected, fps, start, config.smoothing_cutoff_hz, limits)
     deviation = np.abs(spline(frame_times) - corrected).max(axis=0)
     draft.max_smoothing_deviation = float(deviation.max())
     _reject_over_limit(
         Verdict.SMOOTHING_DEVIATION,
-        "smoothing spline strays from the offset-corrected decode beyond max_smoothing_deviation",
+        "smoothing spline strays from the offset-corrected decode (clamped to the position limits) beyond "
+        "max_smoothing_deviation",
         deviation,
         config.max_smoothing_deviation,
         draft,
     )
-    return _retimed(_rest_to_rest_points(spline, frame_times, measured), frame_times, embodiment, config, draft)
+    return _retimed(_rest_to_rest_points(spline, frame_times, start), frame_times, embodiment, config, draft)
 
 
 def _decoded_plan(decoded: ArrayLike, embodiment: Embodiment) -> np.ndarray:
@@ -519,6 +584,28 @@ def _reject_outside_position_limits(plan: np.ndarray, embodiment: Embodiment, dr
     )
 
 
+def _reject_measured_outside_position_limits(measured: np.ndarray, embodiment: Embodiment, draft: _Draft) -> None:
+    """POSITION_LIMIT (GRIPPER_RANGE for grippers only) when the measured pose lies beyond a stop and its band.
+
+    Within the band a measured pose beyond a stop is noise at the stop; beyond it the robot cannot
+    be where it is measured, so no motion is planned from there.
+    """
+    lower, upper = embodiment.position_bounds()
+    columns = np.flatnonzero((measured < lower) | (measured > upper))
+    if not len(columns):
+        return
+    names = [embodiment.joint_names[column] for column in columns]
+    draft.flag(names)
+    details = [
+        f"{name} {measured[column]:.4g}, allowed [{lower[column]:.4g}, {upper[column]:.4g}]"
+        for name, column in zip(names, columns, strict=True)
+    ]
+    verdict = Verdict.GRIPPER_RANGE if embodiment.gripper_mask()[columns].all() else Verdict.POSITION_LIMIT
+    raise _RejectedError(
+        verdict, f"measured joint positions beyond the position limits (tolerance band included): {_summary(details)}"
+    )
+
+
 def _low_reward_reason(reward: RewardBreakdown, minimum: float) -> str:
     return (
         f"EVA reward {reward.reward:.3g} < min_reward {minimum:.3g} (penalty {reward.penalty:.4g}: "
@@ -538,15 +625,15 @@ def _reject_over_limit(verdict: Verdict, what: str, values: np.ndarray, limits: 
     raise _RejectedError(verdict, f"{what}: {_summary(details)}")
 
 
-def _rest_to_rest_points(spline: BSpline, frame_times: np.ndarray, measured: np.ndarray) -> np.ndarray:
+def _rest_to_rest_points(spline: BSpline, frame_times: np.ndarray, start: np.ndarray) -> np.ndarray:
     """``(3, T, D)`` spline positions, velocities, accelerations at the frames, plan time.
 
-    The ends are set exactly, not merely to within rounding: point 0 is the measured pose and both
-    ends are at rest, because JTC compares the end velocity with 0.0 and the bridge compares point 0
-    with the measured pose.
+    The ends are set exactly, not merely to within rounding: point 0 is the start pose (the measured
+    pose clamped to the limits) and both ends are at rest, because JTC compares the end velocity with
+    0.0 and the bridge compares point 0 with the measured pose.
     """
     points = np.stack([spline(frame_times, nu=order) for order in range(3)])
-    points[0, 0] = measured
+    points[0, 0] = start
     points[1:, [0, -1]] = 0.0
     return points
 
@@ -559,13 +646,14 @@ def _retimed(
     Velocity, acceleration and jerk scale with ``time_scale``, its square and its cube, so a
     violation by a factor ``f`` of a limit is cured by multiplying ``time_scale`` by
     ``f ** (-1 / order)``; the retimer applies the largest such cut (with :data:`RETIME_MARGIN`) and
-    checks again, because the controller ticks now fall on other points of the spline.
+    checks again, because steps charged over one controller tick (a rounding-level acceleration
+    step of the emitted points, say) scale with one power of ``time_scale`` less.
     """
-    measured = points[0, 0]
+    start = points[0, 0]
     scale = config.time_scale
     for attempt in range(1, config.max_retime_iterations + 1):
         trajectory = _timed_trajectory(embodiment.joint_names, frame_times, points, scale, config.emit_accelerations)
-        violations = validate_trajectory(trajectory, embodiment, config.controller_rate_hz, start_positions=measured)
+        violations = validate_trajectory(trajectory, embodiment, config.controller_rate_hz, start_positions=start)
         dynamic = [violation for violation in violations if violation.kind in DYNAMIC_KINDS]
         if not dynamic or scale == config.min_time_scale or attempt == config.max_retime_iterations:
             break
@@ -635,34 +723,79 @@ def _embodiment_columns(joint_names: Sequence[str], embodiment: Embodiment) -> n
     return np.array([embodiment.joint_names.index(name) for name in joint_names])
 
 
+def _unbounded_violations(names: Sequence[str], segment_times: np.ndarray, unbounded: np.ndarray) -> list[Violation]:
+    return [
+        Violation(
+            names[column],
+            "unbounded",
+            math.nan,
+            math.nan,
+            float(segment_times[np.argmax(unbounded[:, column])]),
+            int(unbounded[:, column].sum()),
+        )
+        for column in np.flatnonzero(unbounded.any(axis=0))
+    ]
+
+
 def _position_violations(
-    names: Sequence[str], times: np.ndarray, positions: np.ndarray, lower: np.ndarray, upper: np.ndarray
+    trajectory: Trajectory, bounds: MotionBounds, embodiment: Embodiment, columns: np.ndarray, start: StartState | None
 ) -> list[Violation]:
-    excess = np.maximum(lower - positions, positions - upper)
+    """Commanded positions beyond the real limits; JTC's blend from a start beyond a stop may reach back to it.
+
+    Pieces: the segments, and point 0 itself where a blend leads to it (so the trajectory's own first
+    pose is held to the limits even when the blend's bounds are widened).
+    """
+    names = trajectory.joint_names
+    strict_lower, strict_upper = (bound[columns] for bound in embodiment.position_bounds(with_tolerance=False))
+    lowest, highest = bounds.lowest_positions, bounds.highest_positions
+    lower = np.broadcast_to(strict_lower, lowest.values.shape).copy()
+    upper = np.broadcast_to(strict_upper, highest.values.shape).copy()
+    if bounds.lead_in:
+        band_lower, band_upper = (bound[columns] for bound in embodiment.position_bounds())
+        lower[0] = np.minimum(strict_lower, np.maximum(start.positions, band_lower))
+        upper[0] = np.maximum(strict_upper, np.minimum(start.positions, band_upper))
+        point_0, at = trajectory.positions[:1], np.full((1, len(names)), trajectory.times[0])
+        lowest = Extremes(np.vstack([lowest.values, point_0]), np.vstack([lowest.times, at]))
+        highest = Extremes(np.vstack([highest.values, point_0]), np.vstack([highest.times, at]))
+        lower, upper = np.vstack([lower, strict_lower]), np.vstack([upper, strict_upper])
+    below, above = lower - lowest.values, highest.values - upper
+    excess = np.maximum(below, above)
+    beyond = excess > POSITION_ROUNDING
     violations = []
-    for column in np.flatnonzero((excess > 0.0).any(axis=0)):
-        tick = int(np.argmax(excess[:, column]))
-        value = positions[tick, column]
-        limit = lower[column] if value < lower[column] else upper[column]
-        count = int((excess[:, column] > 0.0).sum())
-        violations.append(Violation(names[column], "position", float(value), float(limit), float(times[tick]), count))
+    for column in np.flatnonzero(beyond.any(axis=0)):
+        piece = int(np.argmax(excess[:, column]))
+        low_side = below[piece, column] >= above[piece, column]
+        side, limit = (lowest, lower) if low_side else (highest, upper)
+        violations.append(
+            Violation(
+                names[column],
+                "position",
+                float(side.values[piece, column]),
+                float(limit[piece, column]),
+                float(side.times[piece, column]),
+                int(beyond[:, column].sum()),
+            )
+        )
     return violations
 
 
 def _magnitude_violations(
-    names: Sequence[str], kind: str, times: np.ndarray, values: np.ndarray, limits: np.ndarray
+    names: Sequence[str], kind: str, segments: Extremes, steps: Extremes, limits: np.ndarray
 ) -> list[Violation]:
-    over = np.abs(values) > limits
+    values = np.concatenate([segments.values, steps.values])
+    times = np.concatenate([segments.times, steps.times])
+    # NaN (an overflowing step of infinities) counts as beyond: it cannot be shown to be within.
+    over = ~(np.abs(values) <= limits)
     violations = []
     for column in np.flatnonzero(over.any(axis=0)):
-        tick = int(np.argmax(np.abs(values[:, column])))
+        worst = int(np.argmax(np.where(over[:, column], np.nan_to_num(np.abs(values[:, column]), nan=np.inf), -1.0)))
         violations.append(
             Violation(
                 names[column],
                 kind,
-                float(values[tick, column]),
+                float(values[worst, column]),
                 float(limits[column]),
-                float(times[tick]),
+                float(times[worst, column]),
                 int(over[:, column].sum()),
             )
         )
