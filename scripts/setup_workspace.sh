@@ -9,6 +9,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+UNDERLAY_PREFIX_PATH="${AMENT_PREFIX_PATH:-}"  # a robot's sourced ROS installation, before the venv replaces it
 VENV="$ROOT/.venv"
 PYTHON="${PYTHON:-python3}"
 STAMP="$VENV/.requirements.sha256"
@@ -77,6 +78,20 @@ validate_package_xml() {
     "$VENV/bin/python" scripts/validate_packages.py src || fail "a package.xml is invalid (see above)."
 }
 
+# src/control_msgs stands in for ros2_control's control_msgs where none is installed; a robot's
+# own (apt, sourced before this script) must never be shadowed by it.
+skip_installed_control_msgs() {
+    local prefix
+    for prefix in ${UNDERLAY_PREFIX_PATH//:/ } "$VENV"; do
+        [[ "$prefix" == "$ROOT/install"* ]] && continue  # the stand-in itself, from an earlier build
+        if [ -e "$prefix/share/ament_index/resource_index/packages/control_msgs" ]; then
+            echo "control_msgs is installed in $prefix: the stand-in in src/control_msgs is not built" >&2
+            echo "--packages-skip control_msgs"
+            return
+        fi
+    done
+}
+
 colcon_build() {
     step "Building the workspace with colcon"
     # colcon never deletes installed files; drop the Python packages' installed modules so a
@@ -84,8 +99,11 @@ colcon_build() {
     rm -rf install/eva_*/lib/python3*/site-packages/eva_{idm,planner,sim,training}
     # shellcheck source=/dev/null
     source "$VENV/bin/activate"
+    local skip
+    skip="$(skip_installed_control_msgs)"
     export AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV" ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
-    colcon --log-base build/log build --base-paths src training --build-base build --install-base install \
+    # shellcheck disable=SC2086 # $skip is empty or two words
+    colcon --log-base build/log build --base-paths src training --build-base build --install-base install $skip \
         --event-handlers console_cohesion- console_stderr- summary+ status- \
         --cmake-args -DBUILD_TESTING=OFF -DPython3_EXECUTABLE="$VENV/bin/python" \
         || { tail -n 40 build/log/latest_build/*/stderr.log >&2

@@ -235,7 +235,7 @@ def test_a_start_offset_a_short_trajectory_cannot_absorb_breaks_the_limits():
     short = Trajectory(NAMES, [0.0, 0.05, 0.1], np.repeat(START[None], 3, axis=0), np.zeros((3, 14)))
     verdict = check(plan(short, at_image=nudged), measured=nudged)  # the whole fade within 0.1 s
     assert verdict.code is Code.LIMIT_VIOLATION
-    assert re.search("interpolate at 100 Hz .*: fl_joint4 jerk -?[0-9.]+ \\(limit 100\\)", verdict.reason)
+    assert re.search("bounded at every instant.*: fl_joint4 jerk -?[0-9.]+ \\(limit 100\\)", verdict.reason)
 
 
 def point_change(index: int, **fields):
@@ -308,7 +308,7 @@ def test_a_moved_robot_a_teleporting_start_and_a_speeding_motion_are_refused():
     fast = Trajectory(NAMES, trajectory.times / 3.0, trajectory.positions, trajectory.velocities * 3.0)
     verdict = check(plan(fast))
     assert verdict.code is Code.LIMIT_VIOLATION
-    assert re.search("interpolate at 100 Hz .*fl_joint1 acceleration -?[0-9.]+ \\(limit 5\\)", verdict.reason)
+    assert re.search("bounded at every instant.*fl_joint1 acceleration -?[0-9.]+ \\(limit 5\\)", verdict.reason)
 
 
 def test_joint_states_must_be_fresh_complete_finite_and_within_the_limits():
@@ -333,6 +333,19 @@ def test_joint_states_must_be_fresh_complete_finite_and_within_the_limits():
         assert refused.code is Code.JOINT_STATES_IMPLAUSIBLE and re.search(reason, refused.reason), refused.reason
     extra = JointStateInput([*NAMES, "camera_tilt"], [*START, 9.0], [0.0] * 15, T0)
     assert verdict(extra).accepted  # other joints of the robot are not ours to judge
+
+
+def test_a_robot_measured_just_beyond_a_stop_gets_plans_that_start_on_the_stop():
+    """The tolerance band is for measurements: the gate's plan starts on the stop, and so does what is sent."""
+    measured = START.copy()
+    measured[1] = -0.015  # fl_joint2, lower stop 0.0, within the 0.02 band
+    start = np.clip(measured, *EMBODIMENT.position_bounds(with_tolerance=False))
+    trajectory = motion(start=start)
+    made = plan(trajectory, at_image=measured)
+    checker = PlanChecker(CONFIG, EMBODIMENT, CONTROLLERS)
+    verdict = checker.check(made, checker.read_joint_state(joints(measured, T0)), T0)
+    assert verdict.accepted, verdict.reason
+    assert verdict.trajectory.positions[0, 1] == 0.0 and (verdict.trajectory.positions[:, 1] >= 0.0).all()
 
 
 def test_commands_split_the_motion_per_arm_with_one_stamp_and_grippers_optionally_in_metres():

@@ -39,7 +39,7 @@ def test_workspace_manifests_are_valid():
     result = subprocess.run([sys.executable, "scripts/validate_packages.py", "src"], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert "4 package.xml files checked: ok" in result.stdout
+    assert "5 package.xml files checked: ok" in result.stdout
 
 
 def test_transport_probe_rejects_a_bad_frame_size_with_a_message(ros_domain):
@@ -51,3 +51,24 @@ def test_transport_probe_rejects_a_bad_frame_size_with_a_message(ros_domain):
     assert result.returncode == 2
     assert "transport_probe send: error: num_frames/height/width" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def skip_arguments(tmp_path: Path, underlay: str) -> str:
+    """What setup_workspace.sh's skip_installed_control_msgs prints for an underlay AMENT_PREFIX_PATH."""
+    script = (ROOT / "scripts" / "setup_workspace.sh").read_text()
+    function = script[script.index("skip_installed_control_msgs() {"):]
+    function = function[:function.index("\n}\n") + 3]
+    result = subprocess.run(["bash", "-c", function + "skip_installed_control_msgs"], capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin", "ROOT": str(ROOT), "VENV": str(tmp_path / "venv"),
+                                 "UNDERLAY_PREFIX_PATH": underlay}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_the_control_msgs_stand_in_is_built_only_where_no_control_msgs_is_installed(tmp_path):
+    robot = tmp_path / "opt_ros_jazzy"
+    (robot / "share" / "ament_index" / "resource_index" / "packages").mkdir(parents=True)
+    (robot / "share" / "ament_index" / "resource_index" / "packages" / "control_msgs").touch()
+    assert skip_arguments(tmp_path, f"{tmp_path / 'other'}:{robot}") == "--packages-skip control_msgs"
+    assert skip_arguments(tmp_path, str(tmp_path / "other")) == ""
+    assert skip_arguments(tmp_path, str(ROOT / "install" / "control_msgs")) == ""  # our own stand-in, built before

@@ -225,7 +225,7 @@ def test_a_cubic_overshooting_the_limits_between_legal_waypoints_is_refused(seed
     accepted(case)  # at rest at the edge of the range: fine
     case.velocities[1, joint] = velocity if upper else -velocity
     bound = UPPER[joint] if upper else LOWER[joint]
-    refused(case, Code.LIMIT_VIOLATION, f"interpolate at 100 Hz .*: {NAMES[joint]} position [-0-9.e]+ "
+    refused(case, Code.LIMIT_VIOLATION, f"bounded at every instant.*: {NAMES[joint]} position [-0-9.e]+ "
                                         f"\\(limit {re.escape(f'{bound:.4g}')}\\)")
 
 
@@ -329,7 +329,7 @@ def test_a_dip_past_a_stop_within_the_band_is_refused(seed, joint, upper, depth,
     case.velocities = np.zeros((3, len(NAMES)))
     accepted(case)  # at rest on the stop: fine
     case.velocities[1, joint] = outward * depth * EMBODIMENT.position_tolerance[joint] / (4 / 27 * segment)
-    refused(case, Code.LIMIT_VIOLATION, f"interpolate at 100 Hz .*: {NAMES[joint]} position [-0-9.e]+ "
+    refused(case, Code.LIMIT_VIOLATION, f"bounded at every instant.*: {NAMES[joint]} position [-0-9.e]+ "
                                         f"\\(limit {re.escape(f'{stop:.4g}')}\\)")
 
 

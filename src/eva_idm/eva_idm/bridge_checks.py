@@ -16,17 +16,19 @@ whatever the IDM node decided, in this order, stopping at the first failure:
    ``max_image_age``; a zero stamp has no age and is refused.
 4. **Robot moved** (``ROBOT_MOVED``): ``joint_state_at_image`` within ``moved_tolerance`` of the
    measured pose, per joint.
-5. **Start** (``START_OFFSET``): trajectory point 0 within ``start_tolerance`` of the measured pose.
-   Point 0 is then replaced by the measured pose clamped to the mechanical stops (a measurement
-   may lie in the tolerance band beyond a stop; a command never does: JTC blends the few
-   milliradians from the measured state during the start delay), and the difference faded out over the
+5. **Start** (``START_OFFSET``): trajectory point 0 within ``start_tolerance`` of the measured pose
+   clamped to the mechanical stops (a measurement may lie in the tolerance band beyond a stop; a
+   command never does, so the gate starts its plans on the stop: JTC blends the few milliradians
+   from the measured state during the start delay). Point 0 is then replaced by that clamped
+   pose, and the difference faded out over the
    embodiment's ``start_offset_fade_s`` (or the whole trajectory if shorter) with the gate's quintic
    weight, velocities and accelerations adjusted to match: a bare replacement would put the whole
    difference into the first segment, where a millimetre-scale step already breaks the jerk limit.
 6. **Limits** (``LIMIT_VIOLATION``): every waypoint within the position (no tolerance band: that
    band judges measurements and raw decodes, never commands), velocity and acceleration limits,
-   and the motion a JTC interpolates from what is sent, at the controllers' update rate,
-   within every position, velocity, acceleration and jerk limit, ending at rest
+   and the motion a JTC interpolates from what is sent, bounded exactly between any two instants
+   (a controller ticks at any offset from the stamp), within every position, velocity,
+   acceleration and jerk limit, ending at rest
    (:func:`eva_idm.motion.validate_trajectory`, the gate's validator).
 
 Reasons name the field, joint, value and limit. Times are integer nanoseconds on the node clock.
@@ -247,9 +249,9 @@ class PlanChecker:
             measured = reading.positions
             self._compare(Code.ROBOT_MOVED, "the robot moved since the plan's image: joint_state_at_image",
                           at_image, measured, self.config.moved_tolerance, "moved_tolerance")
-            self._compare(Code.START_OFFSET, "trajectory point 0", trajectory.positions[0], measured,
-                          self.config.start_tolerance, "start_tolerance")
             start = np.clip(measured, *self.embodiment.position_bounds(with_tolerance=False))
+            self._compare(Code.START_OFFSET, "trajectory point 0", trajectory.positions[0], start,
+                          self.config.start_tolerance, "start_tolerance")  # the gate starts on the stop too
             executed = self._from_measured(trajectory, start)
             self._limits(executed, start)
         except _RejectedError as rejection:
@@ -393,7 +395,7 @@ class PlanChecker:
                                          start_tolerance=self.config.start_tolerance)
         if violations:
             raise _RejectedError(Code.LIMIT_VIOLATION, _summary(
-                f"the motion the controllers interpolate at {self.rate_hz:g} Hz (point 0 = measured pose) breaks "
+                "the motion the controllers interpolate (bounded at every instant; point 0 = measured pose) breaks "
                 "the embodiment's limits", [str(violation) for violation in violations]))
 
 
