@@ -588,6 +588,23 @@ def test_the_stop_brakes_from_the_state_commanded_at_its_stamp():
     assert remaining.max() > 0.05  # stopped short of the plan's end
 
 
+def test_a_controller_that_refuses_or_gives_up_the_plan_stops_every_controller():
+    """controller_interface action: a rejected or aborted goal on either arm ends the plan and stops both."""
+    bridge, output, robot, clock = still_bridge()
+    trajectory = motion()
+    clock.now_ns = T0
+    bridge.submit(plan(trajectory))
+    robot.follow(output.stamps[0], trajectory, T0 + 400 * MS, T0)
+    bridge.controller_failed("right_arm_controller", Code.TRACKING_ERROR,
+                             "the controller aborted the plan's goal (error_code -4: Aborted due to path tolerance "
+                             "violation)")
+    assert output.statuses()[-1] == ("plan", State.ABORTED, Code.TRACKING_ERROR)
+    assert output.last().reason.startswith("right_arm_controller: the controller aborted the plan's goal")
+    assert [[c.is_stop for c in commands] for commands in output.sends()] == [[False, False], [True, True]]
+    bridge.controller_failed("left_arm_controller", Code.INTERNAL_ERROR, "late news of the old plan")
+    assert len(output.sends()) == 2 and not bridge.busy  # nothing executing: nothing to stop
+
+
 class SteadyClock:
     """A steady clock the tests set, in seconds."""
 

@@ -705,3 +705,4 @@ def test_an_unsafe_controller_configuration_fails_configure_and_the_node_stays_u
     assert lifecycle.state() == "unconfigured" and process.poll() is None
     assert "configure failed" in process.log() and "right_arm_controller: needs cmd_timeout > " \
         "constraints.goal_time > 0, got cmd_timeout=0.5 and goal_time=0.5" in process.log()
+

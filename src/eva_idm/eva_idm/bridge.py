@@ -263,6 +263,12 @@ class ControllerBridge:
             self._latched, self._latch_reason = False, ""
             return True, "re-armed: plans are accepted again"
 
+    def controller_failed(self, controller: str, code: Code, reason: str) -> None:
+        """A controller refused or gave up the executing plan (a rejected or aborted action goal): stop them all."""
+        with self._lock:
+            if self._executing is not None:
+                self._end_locked(code, f"{controller}: {reason}", self._clock())
+
     def open(self) -> None:
         """Accept plans (the node's activate)."""
         with self._lock:

@@ -21,6 +21,7 @@ from eva_idm.node_parameters import check_types, setting
 # arm of the embodiment (left_arm_controller, right_arm_controller), each with its gripper.
 COMBINED_CONTROLLER = "bimanual_controller"
 YAML_HINT = "config/controller_bridge.yaml"
+INTERFACES = ("topic", "action")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class BridgeConfig:
     embodiment: str = setting("aloha_agilex", "embodiment name or YAML path: joint names and limits")
     controllers_file: str = setting("aloha_controllers.yaml", "ros2_control controller-manager YAML: a path, or a "
                                     "file name looked up in the config directories")
+    controller_interface: str = setting("topic", "topic (<controller>/joint_trajectory) or action "
+                                        "(<controller>/follow_joint_trajectory, control_msgs/FollowJointTrajectory)")
     controller_layout: str = setting("split", "split (left_arm_controller + right_arm_controller) or combined "
                                      "(bimanual_controller)")
     start_delay: float = setting(0.5, "the commands' common start stamp lies this far after sending; covers "
@@ -75,6 +78,9 @@ class BridgeConfig:
         for name in ("embodiment", "controllers_file"):
             if not getattr(self, name):
                 raise ValueError(f"{name}: must not be empty")
+        if self.controller_interface not in INTERFACES:
+            raise ValueError(f"controller_interface: expected one of {list(INTERFACES)}, got "
+                             f"{self.controller_interface!r}")
         if self.controller_layout not in LAYOUTS:
             raise ValueError(f"controller_layout: expected one of {list(LAYOUTS)}, got {self.controller_layout!r}")
         positive = ("start_delay", "stop_lead", "stop_hold", "start_tolerance", "moved_tolerance", "max_image_age",

@@ -50,6 +50,7 @@ from eva_idm.bridge import ControllerBridge, Status
 from eva_idm.bridge_checks import Code, ControllerCommand, PlanChecker
 from eva_idm.bridge_config import YAML_HINT, BridgeConfig, load_bridge_setup
 from eva_idm.ros.bridge_messages import joint_state_input, plan_input, serialised_trajectory, stamp_serialised
+from eva_idm.ros.controller_actions import ControllerActions
 from eva_idm.ros.executor import PatientMultiThreadedExecutor
 from eva_idm.ros.parameters import declare_parameters, read_config
 from eva_msgs.msg import ExecutionStatus, GatedPlan
@@ -85,9 +86,13 @@ class ControllerBridgeNode(LifecycleNode):
             self.get_logger().error(f"configure failed: {error}")
             return TransitionCallbackReturn.FAILURE
         checker = PlanChecker(config, embodiment, controllers)
+        self._actions = None
+        if config.controller_interface == "action":
+            self._actions = ControllerActions(self, [controller.name for controller in controllers],
+                                              self._on_controller_failure, MutuallyExclusiveCallbackGroup())
         self._commands = {controller.name: self.create_lifecycle_publisher(JointTrajectory, controller.topic,
                                                                            COMMANDS)
-                          for controller in controllers}
+                          for controller in controllers if self._actions is None}
         self._status = self.create_lifecycle_publisher(ExecutionStatus, "eva/execution_status", LATCHED)
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._bridge = ControllerBridge(checker, self, self._now_ns)
@@ -109,6 +114,7 @@ class ControllerBridgeNode(LifecycleNode):
                                             self._bridge.check_estop_heartbeat, callback_group=safety,
                                             clock=Clock(clock_type=ClockType.STEADY_TIME)))
         self._teardown = [
+            *([self._actions.destroy] if self._actions else []),
             *(functools.partial(self.destroy_lifecycle_publisher, publisher)
               for publisher in (*self._commands.values(), self._status)),
             functools.partial(self.destroy_publisher, self._diagnostics),
@@ -117,7 +123,8 @@ class ControllerBridgeNode(LifecycleNode):
             *(functools.partial(self.destroy_timer, timer) for timer in timers),
         ]
         self.get_logger().info(f"configured: {embodiment.name}, {config.controller_layout} layout "
-                               f"({', '.join(self._commands)}) at {checker.rate_hz:g} Hz, goal_time "
+                               f"({', '.join(controller.name for controller in controllers)}) over "
+                               f"{config.controller_interface} at {checker.rate_hz:g} Hz, goal_time "
                                f"{checker.goal_time:g} s")
         return TransitionCallbackReturn.SUCCESS
 
@@ -148,17 +155,24 @@ class ControllerBridgeNode(LifecycleNode):
 
     def close(self, reason: str) -> None:
         """Refuse plans; end the plan (if any) with CANCELLED, every controller stopping; wait for delivery."""
-        if self._bridge is not None and self._bridge.close(reason):
+        if self._bridge is not None and self._bridge.close(reason) and self._actions is None:
             for publisher in self._commands.values():
                 publisher.wait_for_all_acked(RclpyDuration(seconds=FLUSH_S))
 
-    def prepare(self, commands: Sequence[ControllerCommand]) -> list[tuple[object, bytearray, bool]]:
-        """Build and serialise one unstamped trajectory per controller (the bridge's output, step one)."""
+    def prepare(self, commands: Sequence[ControllerCommand]) -> list:
+        """Build (and for the topics serialise) one unstamped trajectory per controller: output, step one."""
+        if self._actions is not None:
+            return self._actions.prepare(commands)
         return [(self._commands[command.controller], serialised_trajectory(command), command.is_stop)
                 for command in commands]
 
-    def publish(self, prepared: list[tuple[object, bytearray, bool]], stamp_ns: int) -> None:
-        """Stamp the serialised messages alike and publish them in order (the bridge's output, step two)."""
+    def publish(self, prepared: list, stamp_ns: int) -> None:
+        """Stamp the prepared commands alike and send them in order (the bridge's output, step two)."""
+        if self._actions is not None:
+            self._actions.send(prepared, stamp_ns)
+            if prepared and prepared[0].is_stop:
+                self.get_logger().warning("cancelled the controllers' goals and sent a stop")
+            return
         for _, serialised, _ in prepared:
             stamp_serialised(serialised, stamp_ns)
         for publisher, serialised, _ in prepared:
@@ -179,6 +193,10 @@ class ControllerBridgeNode(LifecycleNode):
 
     def _now_ns(self) -> int:
         return self.get_clock().now().nanoseconds
+
+    def _on_controller_failure(self, controller: str, code: Code, reason: str) -> None:
+        if self._bridge is not None:
+            self._bridge.controller_failed(controller, code, reason)
 
     def _on_estop(self, message: Bool) -> None:
         if self._bridge is not None:
