@@ -70,12 +70,15 @@ def gate_on_ground_truth(checkpoint: Path, heldout: Path) -> dict:
     from eva_idm.data import ScanConfig, load_episode, scan_episodes
     from eva_idm.embodiment import load_embodiment
     from eva_idm.idm import load_checkpoint
+    from eva_idm.idm.checkpoint import read_calibration
     from eva_idm.motion import GateConfig, plan_to_motion
+    from eva_idm.plan_gate import capped_calibration
 
     embodiment = load_embodiment("aloha_agilex")
     model = load_checkpoint(checkpoint, embodiment.name, embodiment.joint_names)
-    calibration = json.loads((checkpoint / "calibration.json").read_text())
-    gate = GateConfig.from_embodiment(embodiment, max_start_offset=tuple(calibration["max_start_offset"]))
+    calibration = read_calibration(checkpoint, embodiment.joint_names)
+    tolerances, _ = capped_calibration(calibration, embodiment)  # what the robot's gate would use
+    gate = GateConfig.from_embodiment(embodiment, max_start_offset=tolerances)
     verdicts: Counter[str] = Counter()
     rewards = []
     for record in scan_episodes(heldout, ScanConfig(joint_names=embodiment.joint_names)).episodes:
@@ -131,7 +134,8 @@ def main() -> None:
     timings["train_s"] = run_eva(train_command)
     checkpoint, evaluation = run / "checkpoint", WORK / "eval"
     timings["eval_s"] = run_eva(["eval", "idm", "--checkpoint", str(checkpoint), "--data", str(heldout), "--split",
-                                 "all", "--output-dir", str(evaluation), "--plot-episodes", "1"])
+                                 "all", "--output-dir", str(evaluation), "--plot-episodes", "1",
+                                 "--calibrate", "true"])
     report = json.loads((evaluation / "eval.json").read_text())
     steps_done = int((run / "metrics.csv").read_text().splitlines()[-1].split(",")[0])
     results = {
