@@ -8,6 +8,7 @@ from the robot's own messages, never wall-clock sleeps.
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +164,8 @@ def test_split_layout_clock_state_camera_and_the_trajectory_interface(start_node
     for message, _ in bad:
         left.publish(message)
     left.publish(trajectory(JOINTS[LEFT], [(0.3, HOME[LEFT])]))
+    # The arm is home already: wait for the log of the last message (the second 1-point one), not for the arm.
+    robot.spin_until(lambda: robot.process.log().count("accepted 1 point(s)") == 2, "the message after the malformed")
     robot.wait_at(HOME, "the left arm back home after the malformed messages")
     log = robot.process.log()
     for _, reason in bad:
@@ -195,3 +198,140 @@ def test_bad_parameters_stop_the_node_with_the_reason(start_node, override, reas
     assert wait_until(lambda: process.poll() is not None, TIMEOUT), f"sim_robot did not exit:\n{process.log()}"
     assert process.poll() == 1
     assert reason in process.log()
+
+
+class Goals:
+    """A FollowJointTrajectory client on ``controller``'s action, as the bridge's ``action`` interface uses it."""
+
+    def __init__(self, robot: Robot, controller: str):
+        from rclpy.action import ActionClient
+
+        from control_msgs.action import FollowJointTrajectory
+
+        self.robot, self.action = robot, FollowJointTrajectory
+        self.feedback = []
+        self.client = ActionClient(robot.peer.node, FollowJointTrajectory, f"{controller}/follow_joint_trajectory")
+        robot.spin_until(self.client.server_is_ready, f"the {controller} action server")
+        # A response sent right after discovery can be lost (see conftest.LifecycleClient): let it settle.
+        settled = time.monotonic() + 1.0
+        robot.spin_until(lambda: time.monotonic() > settled, "action discovery to settle")
+
+    def send(self, message):
+        """Send a goal with ``message`` as its trajectory; the client goal handle (``accepted`` says which)."""
+        future = self.client.send_goal_async(self.action.Goal(trajectory=message),
+                                             feedback_callback=lambda feedback: self.feedback.append(feedback.feedback))
+        self.robot.spin_until(future.done, "the goal response")
+        return future.result()
+
+    def result(self, handle):
+        """The goal's GetResult response (``status`` and ``result``) once it ends."""
+        future = handle.get_result_async()
+        self.robot.spin_until(future.done, "the goal's result")
+        return future.result()
+
+
+def test_follow_joint_trajectory_goals_move_the_arm_and_bad_goals_are_rejected(start_node, ros_peer):
+    from action_msgs.msg import GoalStatus
+
+    from control_msgs.action import FollowJointTrajectory
+
+    robot = Robot(ros_peer, start_sim(start_node, "camera_rate:=0.0", "tracking_time_constant:=0.05"))
+    goals = Goals(robot, "left_arm_controller")
+    first_stamp = robot.states[-1][0]
+
+    # Goals the controller would refuse are rejected (no result, as JTC), the reason logged, nothing moves.
+    target = np.array([0.4, 0.6, 0.5, 0.2, -0.3, 0.4, 0.3])
+    bad = [
+        (trajectory([*JOINTS[LEFT][:6], "nope"], [(0.5, target)]), "['nope'] are not joints of left_arm_controller"),
+        (trajectory(JOINTS[LEFT], []), "Empty trajectory received."),
+        (trajectory(JOINTS[LEFT], [(0.5, target[:5])]), "points[0].positions: 5 values for 7 joint names"),
+    ]
+    for message, reason in bad:
+        assert not goals.send(message).accepted, reason
+    rejected = "left_arm_controller/follow_joint_trajectory: goal rejected: "
+    robot.spin_until(lambda: robot.process.log().count(rejected) == len(bad), "the rejections in the log")
+    for line, (_, reason) in zip(
+            [line for line in robot.process.log().splitlines() if rejected in line], bad, strict=True):
+        assert reason in line
+    robot.wait_for_sim_time(robot.states[-1][0] + 0.2)
+    moved = [stamp for stamp, positions in robot.states_since(first_stamp) if not np.array_equal(positions, HOME)]
+    assert not moved, "a rejected goal moved the arm"
+
+    # The bridge's form; the goal succeeds when the trajectory reaches its end, the executor serving on meanwhile.
+    rest = np.zeros(7)
+    start = robot.states[-1][0] + 0.3
+    handle = goals.send(trajectory(JOINTS[LEFT], [(0.0, HOME[LEFT], rest), (0.6, target, rest)], stamp=start))
+    assert handle.accepted
+    response = goals.result(handle)
+    assert response.status == GoalStatus.STATUS_SUCCEEDED
+    assert (response.result.error_code, response.result.error_string) == (
+        FollowJointTrajectory.Result.SUCCESSFUL, "Goal successfully reached!")
+    assert robot.states[-1][0] >= start + 0.6 - 0.05, "the goal succeeded before the trajectory's end"
+    robot.wait_at(np.concatenate([target, HOME[RIGHT]]), "the left arm at the goal's target")
+    assert all(np.array_equal(positions[RIGHT], HOME[RIGHT]) for _, positions in robot.states_since(first_stamp))
+    assert goals.feedback, "no feedback"
+    feedback = goals.feedback[-1]
+    assert feedback.joint_names == list(JOINTS[LEFT])
+    desired, actual, error = (np.array(getattr(feedback, name).positions) for name in ("desired", "actual", "error"))
+    np.testing.assert_allclose(desired, target, atol=1e-9)  # the last feedback is the success tick's
+    np.testing.assert_allclose(error, desired - actual, atol=1e-12)
+    assert seconds(feedback.header.stamp) >= start + 0.6 - 0.05
+
+    # A topic message while a goal is active replaces its trajectory; the goal stays and ends with the new one.
+    topic = robot.publisher("left_arm_controller")
+    handle = goals.send(trajectory(JOINTS[LEFT], [(3.0, HOME[LEFT])]))
+    assert handle.accepted
+    robot.spin_until(lambda: np.abs(robot.latest()[LEFT] - target).max() > 0.05, "the arm to start home")
+    other = np.array([-0.2, 0.3, 0.2, -0.1, 0.2, -0.2, 0.8])
+    replaced = robot.states[-1][0]
+    topic.publish(trajectory(JOINTS[LEFT], [(0.5, other)]))
+    response = goals.result(handle)
+    assert response.status == GoalStatus.STATUS_SUCCEEDED
+    assert response.result.error_string == "Goal successfully reached!"
+    assert robot.states[-1][0] < replaced + 2.0, "the goal waited for the replaced trajectory's end"
+    robot.wait_at(np.concatenate([other, HOME[RIGHT]]), "the left arm at the topic message's target")
+
+
+def test_follow_joint_trajectory_preemption_and_cancel(start_node, ros_peer):
+    from action_msgs.msg import GoalStatus
+
+    from control_msgs.action import FollowJointTrajectory
+
+    robot = Robot(ros_peer, start_sim(start_node, "camera_rate:=0.0", "tracking_time_constant:=0.05"))
+    goals = Goals(robot, "right_arm_controller")
+    far = np.array([0.8, 1.0, 0.9, 0.5, -0.6, 0.7, 0.2])
+    near = np.array([0.1, 0.2, 0.1, 0.0, 0.1, -0.1, 0.9])
+
+    # A second goal preempts the first: the first is aborted with INVALID_GOAL and JTC's words.
+    first = goals.send(trajectory(JOINTS[RIGHT], [(3.0, far)]))
+    robot.spin_until(lambda: np.abs(robot.latest()[RIGHT] - HOME[RIGHT]).max() > 0.05, "the right arm to move")
+    second = goals.send(trajectory(JOINTS[RIGHT], [(0.5, near)]))
+    assert first.accepted and second.accepted
+    response = goals.result(first)
+    assert response.status == GoalStatus.STATUS_ABORTED
+    assert (response.result.error_code, response.result.error_string) == (
+        FollowJointTrajectory.Result.INVALID_GOAL, "Current goal preempted by new incoming action.")
+    response = goals.result(second)
+    assert response.status == GoalStatus.STATUS_SUCCEEDED
+    robot.wait_at(np.concatenate([HOME[LEFT], near]), "the right arm at the second goal's target")
+
+    # A cancel mid-motion: CANCELED with a default result, and the arm holds where it was, short of the goal.
+    handle = goals.send(trajectory(JOINTS[RIGHT], [(3.0, far)]))
+    assert handle.accepted
+    robot.spin_until(lambda: np.abs(robot.latest()[RIGHT] - near).max() > 0.1, "the right arm to move")
+    cancel = handle.cancel_goal_async()
+    robot.spin_until(cancel.done, "the cancel response")
+    assert len(cancel.result().goals_canceling) == 1
+    response = goals.result(handle)
+    assert response.status == GoalStatus.STATUS_CANCELED
+    assert (response.result.error_code, response.result.error_string) == (FollowJointTrajectory.Result.SUCCESSFUL, "")
+    assert "goal canceled, holding the measured position" in robot.process.log()
+    after = robot.states[-1][0] + 0.05
+    robot.wait_for_sim_time(after + 1.0)
+    held = [(stamp, positions, velocities) for stamp, positions, velocities, _ in robot.states if stamp >= after]
+    assert len(held) >= 40
+    for stamp, positions, velocities in held:
+        np.testing.assert_array_equal(positions, held[0][1], err_msg=f"the arm moved after the cancel at {stamp} s")
+        np.testing.assert_array_equal(velocities, 0.0)
+    assert np.abs(held[0][1][RIGHT] - far).max() > 0.2, "the arm reached the canceled goal's target"
+    assert np.abs(held[0][1][RIGHT] - near).max() > 0.05, "the arm never left the previous target"

@@ -54,8 +54,10 @@ Where this follower still departs from JTC (each stricter or simpler, none more 
 * ``cmd_timeout`` always holds the measured position; JTC decelerates instead when
   ``decelerate_on_cancel`` is configured (cpp:359-368, ``decelerate_to_hold_position``
   cpp:1851-1937).
-* Only the topic interface is modelled here; no lifecycle (activate holds the current position,
-  cpp:1228-1229; deactivate keeps the last position command, cpp:1255-1321).
+* Only the topic interface is modelled here (the FollowJointTrajectory action is served on top of
+  :meth:`TrajectoryFollower.validate`, :meth:`~TrajectoryFollower.receive` and
+  :meth:`~TrajectoryFollower.hold` by :mod:`eva_sim.ros.trajectory_action`); no lifecycle
+  (activate holds the current position, cpp:1228-1229; deactivate keeps the last position command, cpp:1255-1321).
 
 The arm itself is a first-order lag (time constant ``time_constant``) behind the commanded
 position, clamped to the position limits, so measured and commanded states differ as on a robot.
@@ -184,7 +186,11 @@ class TrajectoryFollower:
 
     @property
     def status(self) -> str:
-        """``idle`` (initial pose), ``executing``, ``finished`` (holding the last point), ``stale``."""
+        """``idle``, ``executing``, ``finished``, ``stale`` or ``holding``.
+
+        ``idle``: the initial pose; ``finished``: holding the last point; ``stale``: holding the
+        measured position after ``cmd_timeout``; ``holding``: holding it after :meth:`hold`.
+        """
         return self._status
 
     @property
@@ -215,16 +221,29 @@ class TrajectoryFollower:
                 command goes on unchanged.
         """
         now = self._advance_clock(now)
-        order = self._message_order(command.joint_names)
-        if not command.points:
-            raise CommandError("Empty trajectory received.")
-        trajectory, origin = self._trajectory(command, order, now)
+        trajectory, origin = self._checked(command, now)
         late = origin < now
         start = None if late else StartState(self._measured.copy(), self._measured_velocity.copy())
         self._active = _Active(trajectory, start, origin)
         self._status = "executing"
         return (f"accepted {len(trajectory.times)} point(s) ({trajectory.interpolation}"
                 f"{', late: sampled from now' if late else ''}), ending at {self._active.end:.3f} s")
+
+    def validate(self, command: TrajectoryCommand, now: float) -> None:
+        """Run :meth:`receive`'s checks at time ``now`` without taking the message (an action goal's check).
+
+        Raises:
+            CommandError: :meth:`receive` would refuse the message, with the same reason.
+        """
+        self._checked(command, self._advance_clock(now))
+
+    def hold(self, now: float) -> None:
+        """Drop the trajectory and hold the measured position of the last update; status ``holding``.
+
+        JTC's ``set_hold_position`` (cpp:1839-1849), as on a cancelled action goal.
+        """
+        self._advance_clock(now)
+        self._hold_measured("holding")
 
     def update(self, now: float) -> str | None:
         """Advance to ``now``: command the trajectory, let the arm follow; returns a notice to log, if any."""
@@ -267,6 +286,13 @@ class TrajectoryFollower:
 
     def _hold_measured(self, status: str) -> None:
         self._active, self._hold, self._status = None, self._measured.copy(), status
+
+    def _checked(self, command: TrajectoryCommand, now: float) -> tuple[Trajectory, float]:
+        """The checks of :meth:`receive` in JTC's order; the trajectory and its origin (see :meth:`_trajectory`)."""
+        order = self._message_order(command.joint_names)
+        if not command.points:
+            raise CommandError("Empty trajectory received.")
+        return self._trajectory(command, order, now)
 
     def _message_order(self, joint_names: Sequence[str]) -> np.ndarray:
         """Index into the message's columns of each of the controller's joints."""
@@ -404,6 +430,25 @@ class SimulatedRobot:
     def receive(self, controller: str, command: TrajectoryCommand, now: float) -> str:
         """Hand ``command`` to ``controller``; see :meth:`TrajectoryFollower.receive`."""
         return self.followers[controller].receive(self._normalised(command), now)
+
+    def validate(self, controller: str, command: TrajectoryCommand, now: float) -> None:
+        """Check ``command`` for ``controller`` without taking it; see :meth:`TrajectoryFollower.validate`."""
+        self.followers[controller].validate(self._normalised(command), now)
+
+    def controller_state(self, controller: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Commanded positions and velocities, measured positions and velocities of ``controller``'s joints.
+
+        In its joint order and in the units its commands use (grippers in metres with ``gripper_in_metres``).
+        """
+        follower = self.followers[controller]
+        commanded = follower.commanded
+        values = [commanded[0], commanded[1], follower.measured_positions, follower.measured_velocities]
+        metres = np.array([joint in self._metres for joint in follower.joint_names])
+        if metres.any():
+            closed = self.embodiment.gripper_closed_m
+            for index, value in enumerate(values):
+                value[metres] = value[metres] * self._gripper_span + (closed if index % 2 == 0 else 0.0)
+        return tuple(values)
 
     def update(self, now: float) -> dict[str, str]:
         """Advance every controller to ``now``; controller name -> notice, for those that have one."""

@@ -11,7 +11,10 @@ Out: ``/clock``, ``joint_states`` (embodiment order, positions and velocities, s
 time), ``head_camera/image_raw`` (rgb8 of the measured pose, rendered with
 :class:`~eva_sim.scene.AgilexScene` from RoboTwin's head camera), ``/diagnostics`` (each
 controller's status and rejections). In: ``<controller>/joint_trajectory`` per controller of the
-layout. A rejected message is logged with its reason and changes nothing.
+layout. A rejected message is logged with its reason and changes nothing. Served: the action
+``<controller>/follow_joint_trajectory`` (control_msgs/action/FollowJointTrajectory) per
+controller, as JTC serves it (:mod:`eva_sim.ros.trajectory_action`); a rejected goal is counted
+with the controller's rejections.
 
 Rendering (~15 ms a frame) runs in its own thread, which owns the OpenGL context, so the control
 ticks never wait for it.
@@ -37,6 +40,7 @@ from eva_idm.embodiment import Embodiment
 from eva_idm.ros.executable import run_node
 from eva_idm.ros.parameters import declare_parameters, read_config
 from eva_sim.follower import CommandError, TrajectoryCommand, TrajectoryPoint
+from eva_sim.ros.trajectory_action import TrajectoryActions
 from eva_sim.sim_config import SimRobotConfig, build_sim_robot
 
 COMMANDS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
@@ -144,6 +148,8 @@ class SimRobot(Node):
         for controller in self.robot.followers:
             self.create_subscription(JointTrajectory, f"{controller}/joint_trajectory",
                                      functools.partial(self._on_trajectory, controller), COMMANDS)
+        self.actions = TrajectoryActions(self, self.robot, lambda: self._now_ns, command_from_message,
+                                         self._count_rejection)
         self.create_timer(1.0 / (self.robot.update_rate_hz * config.real_time_factor), self._tick)
         self.create_timer(1.0, self._publish_diagnostics)
         self.camera = None
@@ -162,16 +168,20 @@ class SimRobot(Node):
         try:
             outcome = self.robot.receive(controller, command_from_message(message), self._now_ns * 1e-9)
         except CommandError as error:
-            self._rejected[controller] += 1
-            self._last_rejection[controller] = str(error)
+            self._count_rejection(controller, str(error))
             self.get_logger().error(f"{topic}: rejected, the previous command goes on: {error}")
             return
         self.get_logger().info(f"{topic}: {outcome}")
+
+    def _count_rejection(self, controller: str, reason: str) -> None:
+        self._rejected[controller] += 1
+        self._last_rejection[controller] = reason
 
     def _tick(self) -> None:
         self._now_ns += self._tick_ns
         for controller, notice in self.robot.update(self._now_ns * 1e-9).items():
             self.get_logger().warning(f"{controller}: {notice}")
+        self.actions.update()
         self._publish_state()
 
     def _publish_state(self) -> None:
