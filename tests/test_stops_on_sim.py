@@ -101,10 +101,10 @@ class Operator:
         return next((s for s in self.statuses if s.plan_id == plan_id and s.state == state), None)
 
 
-def planned_motion(start: np.ndarray):
+def planned_motion(start: np.ndarray, move: np.ndarray = MOVE):
     """A 3 s plan from ``start`` (the gate's output for a smooth decode): long enough to interrupt."""
     phase = np.linspace(0.0, 1.0, 25)[:, None]
-    decoded = start + MOVE * (0.5 - 0.5 * np.cos(np.pi * phase))
+    decoded = start + move * (0.5 - 0.5 * np.cos(np.pi * phase))
     config = GateConfig.from_embodiment(EMBODIMENT, time_scale=0.5)
     result = plan_to_motion(decoded, 16.0, start, EMBODIMENT, config)
     assert result.executable, result.reason
@@ -171,3 +171,32 @@ def test_a_stop_brings_the_simulated_arms_to_rest_short_of_the_plans_end(sim_and
     assert np.abs(final - trajectory.positions[0]).max() > 0.01  # and it had moved
     assert len(operator.commands) == 4, [(name, len(m.points)) for _, name, m in operator.commands]  # stops only
     assert "rejected" not in sim.log(), sim.log()[-2000:]  # the sim (JTC's rules) took every message
+
+
+def test_through_the_action_interface_a_plan_runs_and_an_estop_cancels_and_brakes(sim_and_bridge):
+    """controller_interface action against the sim's FollowJointTrajectory servers (JTC's rules)."""
+    from std_msgs.msg import Bool
+
+    sim, bridge, operator, _ = sim_and_bridge("controller_interface:=action")
+    operator.send_plan("first", planned_motion(operator.states[-1][1]))
+    operator.spin_until(lambda: operator.status("first", 4), "the first plan to succeed via goals")  # SUCCEEDED
+    operator.wait_for_sim_time(operator.now() + 0.5)  # standstill again
+    trajectory = planned_motion(operator.states[-1][1], -MOVE)
+    operator.send_plan("interrupted", trajectory)
+    operator.spin_until(lambda: operator.status("interrupted", EXECUTING), "the plan to execute")
+    operator.spin_until(lambda: np.abs(operator.states[-1][2]).max() > 0.3, "the arms to move")
+    pressed_at = operator.now()
+    operator.estop_publisher.publish(Bool(data=True))
+    operator.spin_until(lambda: operator.status("interrupted", ABORTED), "the abort")
+    aborted = operator.status("interrupted", ABORTED)
+    assert aborted.code == ESTOP, aborted.reason
+    braking = float(re.search(r"braking ([0-9.e+-]+) s", aborted.reason).group(1))
+    operator.wait_for_sim_time(pressed_at + braking + 2.0)
+    moving_at = [stamp for stamp, _, velocities in operator.states
+                 if stamp >= pressed_at and np.abs(velocities).max() >= STANDSTILL]
+    rest_s = (moving_at[-1] if moving_at else pressed_at) - pressed_at
+    assert rest_s <= braking + 5 * LAG + 0.3, f"still moving {rest_s:.3f} s after the e-stop (braking {braking:.3f} s)"
+    assert np.abs(operator.states[-1][1] - trajectory.positions[-1]).max() > 0.1  # short of the plan's end
+    log = sim.log()
+    assert log.count("goal succeeded") >= 2 and "goal rejected" not in log and "refused" not in log, log[-3000:]
+    assert operator.commands == []  # goals only: nothing on the topics
