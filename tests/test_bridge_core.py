@@ -497,13 +497,7 @@ def test_a_closed_bridge_refuses_plans_unchecked_and_close_stops_a_plan_between_
     refused = bridge.submit(plan(motion()))
     assert (refused.code, refused.reason) == (Code.CANCELLED, "controller_bridge is not active")
     assert CountingChecker.checks == checks and output.sends() == []
-    BlockingChecker.reset()
-    bridge, output, clock = make_bridge(checker_type=BlockingChecker)
-    Robot(bridge, clock).still(T0 - NS_PER_S, T0)
-    clock.now_ns = T0
-    worker = threading.Thread(target=bridge.submit, args=(plan(motion()),))
-    worker.start()
-    assert BlockingChecker.checking.wait(10)
+    bridge, output, worker = submit_held_in_its_check()
     assert not bridge.close("shutting down")  # mid-check: nothing was sent yet, so nothing to stop
     BlockingChecker.release.set()
     worker.join(10)
@@ -673,7 +667,8 @@ class BlockingChecker(PlanChecker):
         BlockingChecker.release.clear()
 
 
-def test_an_estop_during_a_plan_check_is_not_overtaken_by_that_plan():
+def submit_held_in_its_check():
+    """A still robot's bridge and a thread whose plan submission waits inside the plan check until released."""
     BlockingChecker.reset()
     bridge, output, clock = make_bridge(checker_type=BlockingChecker)
     Robot(bridge, clock).still(T0 - NS_PER_S, T0)
@@ -681,6 +676,11 @@ def test_an_estop_during_a_plan_check_is_not_overtaken_by_that_plan():
     worker = threading.Thread(target=bridge.submit, args=(plan(motion()),))
     worker.start()
     assert BlockingChecker.checking.wait(10)
+    return bridge, output, worker
+
+
+def test_an_estop_during_a_plan_check_is_not_overtaken_by_that_plan():
+    bridge, output, worker = submit_held_in_its_check()
     bridge.estop(True)  # returns at once: the check holds no lock the e-stop needs
     BlockingChecker.release.set()
     worker.join(10)
