@@ -348,6 +348,23 @@ def test_a_robot_measured_just_beyond_a_stop_gets_plans_that_start_on_the_stop()
     assert verdict.trajectory.positions[0, 1] == 0.0 and (verdict.trajectory.positions[:, 1] >= 0.0).all()
 
 
+def test_a_gripper_resting_on_its_stop_is_not_pushed_past_it_by_a_rounding_level_offset():
+    """The gate's plan holds the open gripper at 1 - 6e-12; the bridge measures 1 - 1e-15 (seen in bench-loop)."""
+    planned_start = START.copy()
+    planned_start[6] = 1.0 - 6e-12
+    trajectory = motion(start=planned_start, move=np.where(np.arange(14) == 6, 0.0, MOVE))
+    positions = trajectory.positions.copy()
+    positions[:, 6] = np.where(positions[:, 6] > 1.0 - 1e-11, 1.0, positions[:, 6])  # on the stop after point 0
+    positions[0, 6] = 1.0 - 6e-12
+    trajectory = Trajectory(NAMES, trajectory.times, positions, trajectory.velocities)
+    measured = planned_start.copy()
+    measured[6] = 1.0 - 1e-15
+    checker = PlanChecker(CONFIG, EMBODIMENT, CONTROLLERS)
+    verdict = checker.check(plan(trajectory, at_image=measured), checker.read_joint_state(joints(measured, T0)), T0)
+    assert verdict.accepted, verdict.reason
+    assert verdict.trajectory.positions[:, 6].max() <= 1.0
+
+
 def test_commands_split_the_motion_per_arm_with_one_stamp_and_grippers_optionally_in_metres():
     verdict = check(plan(motion()))
     split = PlanChecker(CONFIG, EMBODIMENT, CONTROLLERS).commands(verdict.trajectory)

@@ -45,7 +45,7 @@ import numpy as np
 from eva_idm.bridge_config import BridgeConfig
 from eva_idm.controllers import TrajectoryController
 from eva_idm.embodiment import Embodiment
-from eva_idm.motion import offset_fade_weight, validate_trajectory
+from eva_idm.motion import POSITION_ROUNDING, offset_fade_weight, validate_trajectory
 from eva_idm.stopping import CommandedState, StopPlan, stop_trajectory
 from eva_idm.trajectory import Trajectory
 
@@ -362,6 +362,11 @@ class PlanChecker:
         times = trajectory.times
         positions = trajectory.positions + offset_fade_weight(times, fade)[:, None] * offset
         positions[0] = measured
+        # A plan resting on a stop, faded by a measurement a femtoradian closer to it, lands a rounding
+        # error beyond the stop: put it back on the stop (anything larger is left for the limit check).
+        lower, upper = self.embodiment.position_bounds(with_tolerance=False)
+        positions = np.where((positions < lower) & (positions >= lower - POSITION_ROUNDING), lower, positions)
+        positions = np.where((positions > upper) & (positions <= upper + POSITION_ROUNDING), upper, positions)
         velocities, accelerations = trajectory.velocities, trajectory.accelerations
         if fade > 0.0:
             phase = np.clip(times / fade, 0.0, 1.0)[:, None]
