@@ -158,7 +158,6 @@ class ControllerBridge:
         grippers = checker.embodiment.gripper_mask()
         self._tracking_tolerance = np.where(grippers, self.config.gripper_tracking_tolerance, arm_tracking)
         self._goal_tolerance = np.where(grippers, self.config.gripper_goal_tolerance, arm_goal)
-        self._strict_bounds = checker.embodiment.position_bounds(with_tolerance=False)
         self._lock = threading.Lock()  # state, and the order of everything handed to the output
         self._work = threading.Lock()  # serialises submit and tick
         self._reading: JointReading | None = None
@@ -242,22 +241,19 @@ class ControllerBridge:
 
     def check_estop_heartbeat(self) -> None:
         """Latch the e-stop when ``estop_heartbeat_timeout`` is set and no e-stop message came that long."""
-        timeout = self.config.estop_heartbeat_timeout
         with self._lock:
-            silence = self._steady() - self._estop_heard_s
-            if timeout > 0.0 and silence > timeout:
-                self._latch_locked(f"no eva/estop message for {silence:.3g} s (estop_heartbeat_timeout {timeout:g} s)")
+            silence = self._heartbeat_silence_locked()
+            if silence:
+                self._latch_locked(silence)
 
     def rearm(self) -> tuple[bool, str]:
         """Unlatch the e-stop, unless its input is still true or its source is silent; ``(success, message)``."""
-        timeout = self.config.estop_heartbeat_timeout
         with self._lock:
             if self._estop_input:
                 return False, "eva/estop is still true: release the e-stop before re-arming"
-            silence = self._steady() - self._estop_heard_s
-            if timeout > 0.0 and silence > timeout:
-                return False, (f"no eva/estop message for {silence:.3g} s (estop_heartbeat_timeout {timeout:g} s): "
-                               "the e-stop source must be alive before re-arming")
+            silence = self._heartbeat_silence_locked()
+            if silence:
+                return False, f"{silence}: the e-stop source must be alive before re-arming"
             if not self._latched:
                 return True, "the e-stop is not latched; nothing to re-arm"
             self._latched, self._latch_reason = False, ""
@@ -309,6 +305,14 @@ class ControllerBridge:
                   "joint_states_age_s": f"{(now_ns - reading.stamp_ns) / NS_PER_S:.3f}" if reading else "none",
                   **{f"count.{name.lower()}": str(counts.get(name, 0)) for name in State.__members__}}
         return Diagnostics(level, message, values)
+
+    def _heartbeat_silence_locked(self) -> str:
+        """How long the e-stop source has been silent, when a heartbeat is required and overdue; '' otherwise."""
+        timeout = self.config.estop_heartbeat_timeout
+        silence = self._steady() - self._estop_heard_s
+        if timeout > 0.0 and silence > timeout:
+            return f"no eva/estop message for {silence:.3g} s (estop_heartbeat_timeout {timeout:g} s)"
+        return ""
 
     def _busy_locked(self) -> bool:
         return self._pending is not None or self._executing is not None
@@ -459,13 +463,18 @@ class ControllerBridge:
 
     def _send_stop_locked(self, why: str) -> str:
         """Send every controller a stop from the state commanded ``stop_lead`` from now; says what was done."""
+        outcome = self._stop_locked()
+        self._last_stop = f"{why}: {outcome}"
+        return outcome
+
+    def _stop_locked(self) -> str:
+        """Build and send the stop (or say why none can be sent); what was done, in words."""
         stamp_ns = self._clock() + round(self.config.stop_lead * NS_PER_S)
         if self._commanded is not None:
             state = self._commanded.state(stamp_ns)
         elif self._reading is not None and self._reading.positions is not None:
-            state = CommandedState.at_rest(np.clip(self._reading.positions, *self._strict_bounds))
+            state = CommandedState.at_rest(np.clip(self._reading.positions, *self.checker.stops))
         else:
-            self._last_stop = f"{why}: no stop sent: nothing was commanded and no joint_states were read"
             return "no stop sent (nothing was commanded and no joint_states were read)"
         try:
             stop = self.checker.stop_plan(state)
@@ -473,11 +482,8 @@ class ControllerBridge:
             self._commanded = _Commanded(stop.trajectory, stamp_ns)
             self._output.publish(prepared, stamp_ns)
         except Exception as error:  # noqa: BLE001 (reported; the caller's report says the stop failed)
-            self._last_stop = f"{why}: sending the stop failed: {error!r}"
             return f"sending the stop failed: {error!r}"
-        done = f"every controller stops (braking {stop.braking_time:.3g} s{'; ' + stop.note if stop.note else ''})"
-        self._last_stop = f"{why}: {done}"
-        return done
+        return f"every controller stops (braking {stop.braking_time:.3g} s{'; ' + stop.note if stop.note else ''})"
 
     def _report_locked(self, status: Status) -> Status:
         self._counts[status.state.name] += 1

@@ -205,6 +205,7 @@ class PlanChecker:
         self._grippers = embodiment.gripper_mask()
         lower, upper = embodiment.position_bounds()
         self._plausible = (lower - config.joint_state_margin, upper + config.joint_state_margin)
+        self.stops = embodiment.position_bounds(with_tolerance=False)  # what commands stay within
 
     def read_joint_state(self, sample: JointStateInput) -> JointReading:
         """``sample`` in embodiment order, or the reason it is implausible (missing joints, NaN, out of range)."""
@@ -249,7 +250,7 @@ class PlanChecker:
             measured = reading.positions
             self._compare(Code.ROBOT_MOVED, "the robot moved since the plan's image: joint_state_at_image",
                           at_image, measured, self.config.moved_tolerance, "moved_tolerance")
-            start = np.clip(measured, *self.embodiment.position_bounds(with_tolerance=False))
+            start = np.clip(measured, *self.stops)
             self._compare(Code.START_OFFSET, "trajectory point 0", trajectory.positions[0], start,
                           self.config.start_tolerance, "start_tolerance")  # the gate starts on the stop too
             executed = self._from_measured(trajectory, start)
@@ -364,7 +365,7 @@ class PlanChecker:
         positions[0] = measured
         # A plan resting on a stop, faded by a measurement a femtoradian closer to it, lands a rounding
         # error beyond the stop: put it back on the stop (anything larger is left for the limit check).
-        lower, upper = self.embodiment.position_bounds(with_tolerance=False)
+        lower, upper = self.stops
         positions = np.where((positions < lower) & (positions >= lower - POSITION_ROUNDING), lower, positions)
         positions = np.where((positions > upper) & (positions <= upper + POSITION_ROUNDING), upper, positions)
         velocities, accelerations = trajectory.velocities, trajectory.accelerations
@@ -378,7 +379,7 @@ class PlanChecker:
     def _limits(self, trajectory: Trajectory, measured: np.ndarray) -> None:
         """LIMIT_VIOLATION unless the waypoints and the interpolated motion meet every limit."""
         embodiment, names = self.embodiment, self.embodiment.joint_names
-        lower, upper = embodiment.position_bounds(with_tolerance=False)  # the band is for measurements only
+        lower, upper = self.stops  # the band is for measurements only
         waypoint_problems, count = [], 0
         for field, values, low, high in (
             ("position", trajectory.positions, lower, upper),

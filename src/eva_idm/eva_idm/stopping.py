@@ -133,7 +133,7 @@ def _within_dynamics(v0: np.ndarray, a0: np.ndarray, durations: np.ndarray, acce
     """Per duration, whether braking keeps every joint's acceleration and jerk (exact extrema) within the limits."""
     span = durations[:, None]
     # a(s) = c0 + c1 s + c2 s^2; its extrema on [0, 1] lie at the ends or the vertex.
-    c0, c1, c2 = a0 + 0 * span, -6 * v0 / span - 4 * a0, 6 * v0 / span + 3 * a0
+    c0, c1, c2 = np.broadcast_to(a0, (len(durations), len(a0))), -6 * v0 / span - 4 * a0, 6 * v0 / span + 3 * a0
     with np.errstate(divide="ignore", invalid="ignore"):
         vertex = np.clip(np.where(c2 != 0.0, -c1 / (2 * c2), 0.0), 0.0, 1.0)
     peak_acceleration = np.maximum.reduce([np.abs(c0), np.abs(c0 + c1 + c2), np.abs(c0 + c1 * vertex + c2 * vertex**2)])
