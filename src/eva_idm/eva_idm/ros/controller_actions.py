@@ -87,6 +87,15 @@ class ControllerActions:
         for goal in goals:
             future = self._clients[goal.controller].send_goal_async(goal.goal)
             future.add_done_callback(lambda done, goal=goal: self._on_response(goal, generation, done.result()))
+        if any(goal.is_stop for goal in goals):
+            self._logger.warning("cancelled the controllers' goals and sent a stop")
+
+    def flush(self, timeout_s: float) -> None:
+        """Nothing is waited for: a goal request has no delivery acknowledgement short of its response.
+
+        So on process exit the cancels and the stop goal may not reach the controllers before the
+        process is gone (the topic interface waits for acknowledgements).
+        """
 
     def destroy(self) -> None:
         """Destroy the action clients."""

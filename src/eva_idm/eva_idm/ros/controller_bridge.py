@@ -36,7 +36,6 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
-from rclpy.duration import Duration as RclpyDuration
 from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -44,19 +43,18 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
-from trajectory_msgs.msg import JointTrajectory
 
 from eva_idm.bridge import ControllerBridge, Status
 from eva_idm.bridge_checks import Code, ControllerCommand, PlanChecker
 from eva_idm.bridge_config import YAML_HINT, BridgeConfig, load_bridge_setup
-from eva_idm.ros.bridge_messages import joint_state_input, plan_input, serialised_trajectory, stamp_serialised
+from eva_idm.ros.bridge_messages import joint_state_input, plan_input
 from eva_idm.ros.controller_actions import ControllerActions
+from eva_idm.ros.controller_topics import ControllerTopics
 from eva_idm.ros.executor import PatientMultiThreadedExecutor
 from eva_idm.ros.parameters import declare_parameters, read_config
 from eva_msgs.msg import ExecutionStatus, GatedPlan
 
 PLANS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
-COMMANDS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 LATCHED = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 # The e-stop subscriptions (module docstring): every reliable publisher, and what one latched.
 ESTOP_LIVE = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE,
@@ -86,13 +84,11 @@ class ControllerBridgeNode(LifecycleNode):
             self.get_logger().error(f"configure failed: {error}")
             return TransitionCallbackReturn.FAILURE
         checker = PlanChecker(config, embodiment, controllers)
-        self._actions = None
         if config.controller_interface == "action":
-            self._actions = ControllerActions(self, [controller.name for controller in controllers],
-                                              self._on_controller_failure, MutuallyExclusiveCallbackGroup())
-        self._commands = {controller.name: self.create_lifecycle_publisher(JointTrajectory, controller.topic,
-                                                                           COMMANDS)
-                          for controller in controllers if self._actions is None}
+            self._controllers = ControllerActions(self, [controller.name for controller in controllers],
+                                                  self._on_controller_failure, MutuallyExclusiveCallbackGroup())
+        else:
+            self._controllers = ControllerTopics(self, controllers)
         self._status = self.create_lifecycle_publisher(ExecutionStatus, "eva/execution_status", LATCHED)
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._bridge = ControllerBridge(checker, self, self._now_ns)
@@ -114,9 +110,8 @@ class ControllerBridgeNode(LifecycleNode):
                                             self._bridge.check_estop_heartbeat, callback_group=safety,
                                             clock=Clock(clock_type=ClockType.STEADY_TIME)))
         self._teardown = [
-            *([self._actions.destroy] if self._actions else []),
-            *(functools.partial(self.destroy_lifecycle_publisher, publisher)
-              for publisher in (*self._commands.values(), self._status)),
+            self._controllers.destroy,
+            functools.partial(self.destroy_lifecycle_publisher, self._status),
             functools.partial(self.destroy_publisher, self._diagnostics),
             *(functools.partial(self.destroy_subscription, subscription) for subscription in subscriptions),
             functools.partial(self.destroy_service, service),
@@ -155,30 +150,16 @@ class ControllerBridgeNode(LifecycleNode):
 
     def close(self, reason: str) -> None:
         """Refuse plans; end the plan (if any) with CANCELLED, every controller stopping; wait for delivery."""
-        if self._bridge is not None and self._bridge.close(reason) and self._actions is None:
-            for publisher in self._commands.values():
-                publisher.wait_for_all_acked(RclpyDuration(seconds=FLUSH_S))
+        if self._bridge is not None and self._bridge.close(reason):
+            self._controllers.flush(FLUSH_S)
 
     def prepare(self, commands: Sequence[ControllerCommand]) -> list:
-        """Build (and for the topics serialise) one unstamped trajectory per controller: output, step one."""
-        if self._actions is not None:
-            return self._actions.prepare(commands)
-        return [(self._commands[command.controller], serialised_trajectory(command), command.is_stop)
-                for command in commands]
+        """Build one unstamped command per controller (the bridge's output, step one)."""
+        return self._controllers.prepare(commands)
 
     def publish(self, prepared: list, stamp_ns: int) -> None:
         """Stamp the prepared commands alike and send them in order (the bridge's output, step two)."""
-        if self._actions is not None:
-            self._actions.send(prepared, stamp_ns)
-            if prepared and prepared[0].is_stop:
-                self.get_logger().warning("cancelled the controllers' goals and sent a stop")
-            return
-        for _, serialised, _ in prepared:
-            stamp_serialised(serialised, stamp_ns)
-        for publisher, serialised, _ in prepared:
-            publisher.publish(bytes(serialised))
-        if prepared and prepared[0][2]:
-            self.get_logger().warning(f"sent a stop to {', '.join(self._commands)}")
+        self._controllers.send(prepared, stamp_ns)
 
     def report(self, status: Status) -> None:
         """Publish an execution status (the bridge's output); problems are logged too."""
